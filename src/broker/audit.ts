@@ -1,0 +1,51 @@
+/**
+ * The audit trail: an append-only table. Events are buffered and written in one transaction every
+ * `flushMs` (off the verify hot path); identical events inside one window (same action, target,
+ * actor, source, outcome) are counted instead of written one line each, so 10,000 failed verifies
+ * become a handful of rows. Secrets are never passed in: callers give ids and names only.
+ */
+import type { AuditRow, Store } from './store/store.js';
+import type { Clock } from './clock.js';
+
+export type AuditInput = Omit<AuditRow, 'at' | 'count'> & { count?: number };
+
+export class AuditLog {
+  private pending = new Map<string, AuditRow>();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly onError: (err: unknown) => void,
+    private readonly flushMs = 200,
+    private readonly maxPending = 1000,
+  ) {}
+
+  record(e: AuditInput): void {
+    const k = `${e.action}\0${e.target}\0${e.actor}\0${e.source}\0${e.outcome}\0${e.details ? JSON.stringify(e.details) : ''}`;
+    const existing = this.pending.get(k);
+    if (existing) {
+      existing.count += e.count ?? 1;
+      return;
+    }
+    this.pending.set(k, { ...e, at: this.clock.now(), count: e.count ?? 1 });
+    if (this.pending.size >= this.maxPending) this.flush();
+    else if (!this.timer) {
+      this.timer = setTimeout(() => this.flush(), this.flushMs);
+      this.timer.unref();
+    }
+  }
+
+  flush(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.pending.size === 0) return;
+    const rows = [...this.pending.values()];
+    this.pending = new Map();
+    try {
+      this.store.appendAudit(rows);
+    } catch (err) {
+      this.onError(err);
+    }
+  }
+}

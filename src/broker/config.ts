@@ -1,0 +1,180 @@
+/**
+ * Daemon configuration: one frozen DEFAULTS object, then file < env < flags, validated by a strict
+ * schema (unknown keys are an error), then frozen. Units are in the names.
+ */
+import { readFileSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { z } from 'zod';
+import { DEFAULT_API_PORT, DEFAULT_SSH_PORT } from '../protocol/constants.js';
+
+export const DEFAULTS = Object.freeze({
+  /** HTTPS API address; the port may be 0 (tests). */
+  listen: `127.0.0.1:${DEFAULT_API_PORT}`,
+  /** SSH gateway address. */
+  sshListen: `127.0.0.1:${DEFAULT_SSH_PORT}`,
+  /** Inclusive range of service ports handed out. */
+  portRange: '20000-20999',
+  /** The name clients use to reach this broker; defaults to the listen host. */
+  publicHost: null as string | null,
+  /** State directory; null → $BROKER_DATA or $XDG_STATE_HOME/broker. */
+  dataDir: null as string | null,
+  /** Service lease when the register request gives none. */
+  serviceTtlSeconds: 24 * 3600,
+  /** Longest lease a register or heartbeat may ask for. */
+  serviceMaxTtlSeconds: 7 * 24 * 3600,
+  /** A service that heartbeats and misses them this long goes offline. */
+  heartbeatGraceSeconds: 90,
+  /** Client key lifetime when `load` gives none. */
+  keyTtlSeconds: 12 * 3600,
+  /** Longest client key lifetime a `load` may ask for. */
+  keyMaxTtlSeconds: 7 * 24 * 3600,
+  /** A released port is not handed out again for this long. */
+  portCooldownSeconds: 60,
+  /** How often leases are checked. */
+  reapIntervalSeconds: 5,
+  /** Service certificate lifetimes (the signer clamps to these). */
+  certMinLifetimeSeconds: 3600,
+  certDefaultLifetimeSeconds: 24 * 3600,
+  certMaxLifetimeSeconds: 7 * 24 * 3600,
+  /** HTTP server limits (SECURITY.md NET-3). */
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  maxHeaderBytes: 16 * 1024,
+  maxConnections: 1024,
+  keepAliveTimeoutMs: 5_000,
+  /** Log level for pino. */
+  logLevel: 'info' as 'debug' | 'info' | 'warn' | 'error',
+});
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT');
+const seconds = z.number().int().positive();
+
+export const ConfigSchema = z
+  .object({
+    listen: hostPort,
+    sshListen: hostPort,
+    portRange: z.string().regex(/^\d{1,5}-\d{1,5}$/, 'expected A-B'),
+    publicHost: z
+      .string()
+      .regex(/^[A-Za-z0-9.:-]{1,253}$/)
+      .nullable(),
+    dataDir: z.string().min(1).nullable(),
+    serviceTtlSeconds: seconds,
+    serviceMaxTtlSeconds: seconds,
+    heartbeatGraceSeconds: seconds,
+    keyTtlSeconds: seconds,
+    keyMaxTtlSeconds: seconds,
+    portCooldownSeconds: z.number().int().nonnegative(),
+    reapIntervalSeconds: seconds,
+    certMinLifetimeSeconds: seconds,
+    certDefaultLifetimeSeconds: seconds,
+    certMaxLifetimeSeconds: seconds,
+    headersTimeoutMs: z.number().int().positive().max(10_000),
+    requestTimeoutMs: z.number().int().positive().max(30_000),
+    maxHeaderBytes: z
+      .number()
+      .int()
+      .min(1024)
+      .max(16 * 1024),
+    maxConnections: z.number().int().positive(),
+    keepAliveTimeoutMs: z.number().int().positive(),
+    logLevel: z.enum(['debug', 'info', 'warn', 'error']),
+  })
+  .strict();
+
+export type Config = Readonly<z.infer<typeof ConfigSchema>> & {
+  readonly portMin: number;
+  readonly portMax: number;
+  readonly dataDir: string;
+};
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** The state directory: explicit → $BROKER_DATA → $XDG_STATE_HOME/broker → ~/.local/state/broker. */
+export function defaultDataDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.BROKER_DATA) return resolve(env.BROKER_DATA);
+  const base = env.XDG_STATE_HOME || join(homedir(), '.local', 'state');
+  return join(base, 'broker');
+}
+
+const ENV_KEYS: Record<string, keyof typeof DEFAULTS> = {
+  BROKER_LISTEN: 'listen',
+  BROKER_SSH_LISTEN: 'sshListen',
+  BROKER_PORT_RANGE: 'portRange',
+  BROKER_PUBLIC_HOST: 'publicHost',
+  BROKER_DATA: 'dataDir',
+  BROKER_LOG_LEVEL: 'logLevel',
+};
+
+/**
+ * Build the configuration: DEFAULTS < config file < environment < flags.
+ * Throws ConfigError with a message naming the offending key.
+ */
+export function loadConfig(opts: {
+  file?: string;
+  flags?: Partial<Record<keyof typeof DEFAULTS, unknown>>;
+  env?: NodeJS.ProcessEnv;
+}): Config {
+  const env = opts.env ?? process.env;
+  let fromFile: Record<string, unknown> = {};
+  if (opts.file) {
+    try {
+      fromFile = JSON.parse(readFileSync(opts.file, 'utf8')) as Record<string, unknown>;
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${opts.file}: ${(err as Error).message}`);
+    }
+    if (typeof fromFile !== 'object' || fromFile === null || Array.isArray(fromFile)) {
+      throw new ConfigError(`config file ${opts.file} must hold a JSON object`);
+    }
+  }
+  const fromEnv: Record<string, unknown> = {};
+  for (const [name, key] of Object.entries(ENV_KEYS)) if (env[name]) fromEnv[key] = env[name];
+  const flags = Object.fromEntries(
+    Object.entries(opts.flags ?? {}).filter(([, v]) => v !== undefined),
+  );
+  const merged = { ...DEFAULTS, ...fromFile, ...fromEnv, ...flags };
+  const parsed = ConfigSchema.safeParse(merged);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const where =
+      issue.path.join('.') || (issue.code === 'unrecognized_keys' ? issue.keys.join(', ') : '');
+    throw new ConfigError(`invalid configuration${where ? ` (${where})` : ''}: ${issue.message}`);
+  }
+  const c = parsed.data;
+  const [portMin, portMax] = c.portRange.split('-').map(Number) as [number, number];
+  if (!(portMin >= 1024 && portMax <= 65535 && portMin <= portMax)) {
+    throw new ConfigError(
+      `invalid configuration (portRange): ${c.portRange} must be within 1024-65535, low-high`,
+    );
+  }
+  if (c.keyTtlSeconds > c.keyMaxTtlSeconds || c.serviceTtlSeconds > c.serviceMaxTtlSeconds) {
+    throw new ConfigError('invalid configuration: a default TTL exceeds its maximum');
+  }
+  if (!(
+    c.certMinLifetimeSeconds <= c.certDefaultLifetimeSeconds &&
+    c.certDefaultLifetimeSeconds <= c.certMaxLifetimeSeconds
+  )) {
+    throw new ConfigError(
+      'invalid configuration: certificate lifetimes must be min ≤ default ≤ max',
+    );
+  }
+  return Object.freeze({
+    ...c,
+    portMin,
+    portMax,
+    dataDir: resolve(c.dataDir ?? defaultDataDir(env)),
+  });
+}
+
+/** Split `HOST:PORT` (with `[v6]:port`). */
+export function splitHostPort(value: string): { host: string; port: number } {
+  const i = value.lastIndexOf(':');
+  let host = value.slice(0, i);
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  return { host, port: Number(value.slice(i + 1)) };
+}

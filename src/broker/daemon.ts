@@ -1,0 +1,319 @@
+/**
+ * The composition root: createBroker() wires config, state dir, store, CA, audit, domain services
+ * and the HTTPS API. Nothing is a module-level singleton; the clock and logger are injected.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { userInfo } from 'node:os';
+import type { AddressInfo } from 'node:net';
+import type { Server as HttpsServer } from 'node:https';
+import pino, { type Logger } from 'pino';
+import { PRINCIPAL_RE } from '../protocol/names.js';
+import { AuditLog } from './audit.js';
+import { Authenticator } from './auth.js';
+import { checkCsr } from './ca/csr.js';
+import { LocalCA } from './ca/local-ca.js';
+import { systemClock, type Clock } from './clock.js';
+import { splitHostPort, type Config } from './config.js';
+import { KeyService } from './keys.js';
+import { canonicalIp } from './net-util.js';
+import { PrincipalAdmin } from './principals.js';
+import { ServiceRegistry, type ServiceEvents } from './services.js';
+import { StateDir } from './state-dir.js';
+import { SqliteStore } from './store/sqlite-store.js';
+import type { Store } from './store/store.js';
+import { createApp } from './http/app.js';
+import { createHttpsServer } from './http/server.js';
+import { createVerifyHandler } from './http/verify-fast-path.js';
+
+export const VERSION: string = (
+  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  }
+).version;
+
+function loadOpenApi(): unknown {
+  const url = new URL('../../docs/api/openapi.json', import.meta.url);
+  return existsSync(url) ? (JSON.parse(readFileSync(url, 'utf8')) as unknown) : null;
+}
+
+/** Credentials file written for the local admin (DESIGN §3, last step of discovery). */
+export interface CredentialsFile {
+  url: string;
+  token: string;
+  ca: string;
+}
+
+export interface BrokerOptions {
+  config: Config;
+  clock?: Clock;
+  log?: Logger;
+  /** Replace the SQLite store (tests). */
+  store?: Store;
+}
+
+export interface Broker {
+  readonly url: string;
+  readonly config: Config;
+  readonly store: Store;
+  readonly log: Logger;
+  readonly credentialsPath: string;
+  readonly caCertPem: string;
+  /** Stop accepting, drain in-flight requests (up to `graceMs`), flush and close. */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** The bootstrap admin: the Unix user's name when it is a valid principal name, else `admin`. */
+function bootstrapAdminName(): string {
+  try {
+    const name = userInfo().username;
+    if (PRINCIPAL_RE.test(name)) return name;
+  } catch {
+    /* no passwd entry */
+  }
+  return 'admin';
+}
+
+function urlHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+export async function createBroker(opts: BrokerOptions): Promise<Broker> {
+  const { config } = opts;
+  const clock = opts.clock ?? systemClock;
+  const log = opts.log ?? pino({ level: config.logLevel, base: { pid: process.pid } });
+
+  const dir = StateDir.open(config.dataDir);
+  const lock = await dir.lock();
+  const closers: (() => void)[] = [() => lock.close()];
+  try {
+    const store = opts.store ?? new SqliteStore(dir.file('db'));
+    closers.unshift(() => store.close());
+    log.info(
+      { store: store.kind, pragmas: store.pragmas(), dataDir: config.dataDir },
+      'store open',
+    );
+
+    const ca = await LocalCA.open(dir, {
+      minSeconds: config.certMinLifetimeSeconds,
+      defaultSeconds: config.certDefaultLifetimeSeconds,
+      maxSeconds: config.certMaxLifetimeSeconds,
+    });
+    const listen = splitHostPort(config.listen);
+    const ssh = splitHostPort(config.sshListen);
+    const wildcard = listen.host === '0.0.0.0' || listen.host === '::';
+    const publicHost = config.publicHost ?? (wildcard ? '127.0.0.1' : listen.host);
+
+    const audit = new AuditLog(store, clock, (err) => log.error({ err }, 'audit write failed'));
+    const events: ServiceEvents = {
+      removed: (s, reason) =>
+        log.info({ service: `${s.owner}/${s.name}`, reason }, 'service removed'),
+    };
+    const registry = new ServiceRegistry({
+      store,
+      config,
+      clock,
+      audit,
+      signer: ca,
+      csr: checkCsr,
+      publicHost,
+      events,
+    });
+    const keys = new KeyService({
+      store,
+      config,
+      clock,
+      audit,
+      registry,
+      caCertPem: ca.caCertPem,
+      publicHost,
+      sshPort: () => ssh.port,
+    });
+    const principals = new PrincipalAdmin({
+      store,
+      clock,
+      audit,
+      portCooldownSeconds: config.portCooldownSeconds,
+      events,
+    });
+    const auth = new Authenticator(store, clock);
+
+    // The API's own certificate: re-issued at every start (names follow the config) and renewed
+    // by the timer below well before it ends.
+    const apiNames = () => {
+      const dnsNames = new Set(['localhost']);
+      const ipAddresses = new Set(['127.0.0.1', '::1']);
+      for (const h of [publicHost, wildcard ? null : listen.host]) {
+        if (!h) continue;
+        const ip = canonicalIp(h);
+        if (ip) ipAddresses.add(ip);
+        else dnsNames.add(h);
+      }
+      return { dnsNames: [...dnsNames], ipAddresses: [...ipAddresses] };
+    };
+    const issueApiCert = () =>
+      ca.issue({
+        commonName: 'session-broker-api',
+        ...apiNames(),
+        usage: 'server',
+        lifetimeSeconds: config.certMaxLifetimeSeconds,
+      });
+    let apiCert = await issueApiCert();
+
+    const app = createApp({
+      registry,
+      keys,
+      principals,
+      auth,
+      store,
+      caCertPem: ca.caCertPem,
+      version: VERSION,
+      log,
+      openapi: loadOpenApi(),
+      health: () => ({}),
+    });
+    const server: HttpsServer = createHttpsServer(
+      config,
+      { cert: apiCert.certPem + ca.caCertPem, key: apiCert.keyPem! },
+      app,
+      createVerifyHandler({ auth, keys, log }),
+    );
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(listen.port, listen.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    closers.unshift(() => server.close());
+    const port = (server.address() as AddressInfo).port;
+    const url = `https://${urlHost(publicHost)}:${port}`;
+
+    const credentialsPath = dir.file('credentials');
+    bootstrapCredentials({ dir, store, principals, auth, url, caPem: ca.caCertPem, log });
+
+    const sweep = () => {
+      try {
+        registry.sweep();
+        keys.flushUses();
+      } catch (err) {
+        log.error({ err }, 'lease sweep failed');
+      }
+    };
+    const sweepTimer = setInterval(sweep, config.reapIntervalSeconds * 1000);
+    sweepTimer.unref();
+    const renewMs = (config.certMaxLifetimeSeconds * 1000) / 3;
+    const renewTimer = setInterval(async () => {
+      try {
+        apiCert = await issueApiCert();
+        server.setSecureContext({
+          cert: apiCert.certPem + ca.caCertPem,
+          key: apiCert.keyPem!,
+          minVersion: 'TLSv1.2',
+        });
+      } catch (err) {
+        log.error({ err }, 'API certificate renewal failed');
+      }
+    }, renewMs);
+    renewTimer.unref();
+
+    log.info({ url, credentials: credentialsPath, version: VERSION }, 'broker ready');
+
+    let closing: Promise<void> | null = null;
+    return {
+      url,
+      config,
+      store,
+      log,
+      credentialsPath,
+      caCertPem: ca.caCertPem,
+      close(graceMs = 10_000) {
+        closing ??= (async () => {
+          clearInterval(sweepTimer);
+          clearInterval(renewTimer);
+          const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+          server.closeIdleConnections();
+          const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+          await drained;
+          clearTimeout(timer);
+          audit.flush();
+          keys.flushUses();
+          store.close();
+          lock.close();
+          log.info('broker stopped');
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    for (const close of closers) {
+      try {
+        close();
+      } catch {
+        /* best effort while failing to start */
+      }
+    }
+    throw err;
+  }
+}
+
+/**
+ * First start: create the admin principal and write credentials.json (0600). Later starts keep
+ * the token in it and refresh url and ca. A deleted or no-longer-valid file gets a fresh admin
+ * token (delete the file and restart to rotate it).
+ */
+function bootstrapCredentials(d: {
+  dir: StateDir;
+  store: Store;
+  principals: PrincipalAdmin;
+  auth: Authenticator;
+  url: string;
+  caPem: string;
+  log: Logger;
+}): void {
+  const path = d.dir.file('credentials');
+  let token: string | null = null;
+  if (existsSync(path)) {
+    try {
+      const old = JSON.parse(readFileSync(path, 'utf8')) as Partial<CredentialsFile>;
+      if (typeof old.token === 'string') {
+        const id = d.auth.authenticate(old.token);
+        if (id.kind === 'principal' && id.principal.role === 'admin') token = old.token;
+      }
+    } catch {
+      token = null;
+    }
+  }
+  if (!token) {
+    let admin = d.store.getMeta('bootstrap_admin');
+    if (!admin || !d.store.getPrincipal(admin)) {
+      admin = bootstrapAdminName();
+      if (d.store.getPrincipal(admin)) admin = 'admin';
+      const created = d.principals.create(null, admin, 'admin', null);
+      d.store.setMeta('bootstrap_admin', admin);
+      token = created.token;
+      d.log.info({ principal: admin }, 'first start: created the admin principal');
+    } else {
+      const oldId = d.store.getMeta('bootstrap_token_id');
+      if (oldId) d.store.revokeToken(oldId, Date.now());
+      const principal = d.store.getPrincipal(admin)!;
+      const created = d.principals.createToken(
+        { kind: 'principal', principal, tokenId: 'bootstrap' },
+        admin,
+        { label: 'bootstrap' },
+        'local',
+      );
+      token = created.token;
+      d.store.setMeta('bootstrap_token_id', created.tokenInfo.id);
+      d.log.warn(
+        { principal: admin },
+        'credentials.json was missing or invalid: issued a new admin token',
+      );
+    }
+    if (!d.store.getMeta('bootstrap_token_id')) {
+      const t = d.store.listTokens(d.store.getMeta('bootstrap_admin')!)[0];
+      if (t) d.store.setMeta('bootstrap_token_id', t.id);
+    }
+  }
+  const file: CredentialsFile = { url: d.url, token, ca: d.caPem };
+  d.dir.writePrivate('credentials', JSON.stringify(file, null, 2) + '\n');
+}

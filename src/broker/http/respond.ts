@@ -1,0 +1,94 @@
+/**
+ * What every response path shares — express routes and the verify fast path alike: request ids,
+ * the error body, and one structured access line per request (query strings stripped, secrets
+ * redacted, level by status).
+ */
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from 'pino';
+import { BrokerError } from '../../protocol/errors.js';
+import { canonicalIp } from '../net-util.js';
+
+export interface RequestMeta {
+  requestId: string;
+  start: bigint;
+  /** Fields handlers add for the access line (service, keyId, actor). */
+  fields: Record<string, unknown>;
+}
+
+export function startRequest(res: ServerResponse): RequestMeta {
+  const meta: RequestMeta = { requestId: randomUUID(), start: process.hrtime.bigint(), fields: {} };
+  res.setHeader('X-Request-Id', meta.requestId);
+  return meta;
+}
+
+export function sourceOf(req: IncomingMessage): string {
+  return canonicalIp(req.socket.remoteAddress ?? '') ?? 'unknown';
+}
+
+const SECRET_IN_TEXT = /bk[usk]_[A-Za-z0-9_-]*/g;
+
+/** A path fit for a log line: no query string, no secret, no control characters, bounded. */
+export function loggablePath(url: string | undefined): string {
+  const path = (url ?? '').split('?')[0]!;
+  return (
+    path
+      .replace(SECRET_IN_TEXT, 'bk?_[redacted]')
+      // eslint-disable-next-line no-control-regex
+      .replace(/[\x00-\x1f\x7f]/g, '?')
+      .slice(0, 200)
+  );
+}
+
+/** Map anything thrown to the BrokerError that goes out; unexpected errors become `internal`. */
+export function toBrokerError(err: unknown, log: Logger, meta: RequestMeta): BrokerError {
+  if (err instanceof BrokerError) return err;
+  log.error({ err, requestId: meta.requestId }, 'unexpected error');
+  return new BrokerError(
+    'internal',
+    'internal error; the broker log has details under this requestId',
+  );
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.statusCode = status;
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', Buffer.byteLength(text));
+  res.setHeader('Cache-Control', 'no-store');
+  res.end(text);
+}
+
+export function sendError(res: ServerResponse, err: BrokerError, meta: RequestMeta): void {
+  if (err.code === 'rate_limited' && err.retryAfterSeconds !== undefined) {
+    res.setHeader('Retry-After', String(Math.ceil(err.retryAfterSeconds)));
+  }
+  meta.fields.error = err.code;
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  sendJson(res, err.status, err.toJSON(meta.requestId));
+}
+
+/** One access line per request, when the response finishes. */
+export function logAccess(
+  log: Logger,
+  req: IncomingMessage,
+  res: ServerResponse,
+  meta: RequestMeta,
+): void {
+  const ms = Number(process.hrtime.bigint() - meta.start) / 1e6;
+  const line = {
+    requestId: meta.requestId,
+    method: req.method,
+    path: loggablePath(req.url),
+    status: res.statusCode,
+    ms: Math.round(ms * 1000) / 1000,
+    source: sourceOf(req),
+    ...meta.fields,
+  };
+  if (res.statusCode >= 500) log.error(line, 'request');
+  else if (res.statusCode >= 400) log.warn(line, 'request');
+  else log.info(line, 'request');
+}

@@ -1,0 +1,49 @@
+/** The shape of a route in the table: thin handlers — parse, validate, one domain call, respond. */
+import type { Request } from 'express';
+import type { Logger } from 'pino';
+import type { Identity } from '../auth.js';
+import type { Authenticator } from '../auth.js';
+import type { KeyService } from '../keys.js';
+import type { PrincipalAdmin } from '../principals.js';
+import type { ServiceRegistry } from '../services.js';
+import type { Store } from '../store/store.js';
+import type { RequestMeta } from './respond.js';
+
+export interface AppDeps {
+  registry: ServiceRegistry;
+  keys: KeyService;
+  principals: PrincipalAdmin;
+  auth: Authenticator;
+  store: Store;
+  caCertPem: string;
+  version: string;
+  log: Logger;
+  /** The OpenAPI document served at /v1/openapi.json (null: not shipped). */
+  openapi: unknown;
+  health: () => Record<string, unknown>;
+}
+
+export interface Ctx {
+  req: Request;
+  params: Record<string, string>;
+  query: Record<string, unknown>;
+  body: unknown;
+  /** Present on routes with `auth: true`. */
+  identity: Identity;
+  source: string;
+  meta: RequestMeta;
+}
+
+export interface Reply {
+  status?: number;
+  json?: unknown;
+  /** A non-JSON body (the CA PEM). */
+  text?: { contentType: string; body: string };
+}
+
+export interface Route {
+  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
+  path: string;
+  auth: boolean;
+  handler: (ctx: Ctx, deps: AppDeps) => Reply | Promise<Reply>;
+}

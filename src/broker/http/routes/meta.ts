@@ -1,0 +1,59 @@
+/** Routes about the broker itself: health, CA, OpenAPI, whoami, audit. */
+import { BrokerError } from '../../../protocol/errors.js';
+import { auditJson, principalJson, serviceJson } from '../../serialize.js';
+import type { Route } from '../route.js';
+import { AuditParams, NoParams, parse } from '../schemas.js';
+
+export const metaRoutes: Route[] = [
+  {
+    method: 'GET',
+    path: '/v1/health',
+    auth: false,
+    handler: (_c, d) => ({ json: { status: 'ok', version: d.version, ...d.health() } }),
+  },
+  {
+    method: 'GET',
+    path: '/v1/ca',
+    auth: false,
+    handler: (_c, d) => ({ text: { contentType: 'application/x-pem-file', body: d.caCertPem } }),
+  },
+  {
+    method: 'GET',
+    path: '/v1/openapi.json',
+    auth: false,
+    handler: (_c, d) => {
+      if (!d.openapi) throw new BrokerError('not_found', 'this build ships no OpenAPI document');
+      return { json: d.openapi };
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/whoami',
+    auth: true,
+    handler: ({ identity, query }) => {
+      parse(NoParams, query, 'query');
+      return {
+        json:
+          identity.kind === 'principal'
+            ? { kind: 'principal', principal: principalJson(identity.principal) }
+            : { kind: 'service', service: serviceJson(identity.service) },
+      };
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/audit',
+    auth: true,
+    handler: ({ identity, query }, d) => {
+      const q = parse(AuditParams, query, 'query');
+      if (identity.kind !== 'principal')
+        throw new BrokerError('forbidden', 'audit needs a user token');
+      const rows = d.store.listAudit({
+        since: q.since ? Date.parse(q.since) : undefined,
+        principal: identity.principal.role === 'admin' ? undefined : identity.principal.name,
+        limit: q.limit ?? 100,
+      });
+      return { json: { events: rows.map(auditJson) } };
+    },
+  },
+];

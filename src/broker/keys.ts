@@ -1,0 +1,183 @@
+/**
+ * Client keys (the "magic key"): minted by `load` for one principal and one service, verified by
+ * that service's own token only (COMP-1), revocable, removed with the service.
+ */
+import { BrokerError } from '../protocol/errors.js';
+import { secretKind } from '../protocol/tokens.js';
+import type { ConnectInfo, LoadRequest, LoadResponse, VerifyResponse } from '../protocol/types.js';
+import type { AuditLog } from './audit.js';
+import { actorOf, type Identity } from './auth.js';
+import type { Clock } from './clock.js';
+import type { Config } from './config.js';
+import { digestMatches, hashSecret, newId, newSecret } from './secrets.js';
+import { keyJson, serviceJson } from './serialize.js';
+import type { ServiceRegistry } from './services.js';
+import type { ServiceRow, Store } from './store/store.js';
+
+export interface KeyDeps {
+  store: Store;
+  config: Config;
+  clock: Clock;
+  audit: AuditLog;
+  registry: ServiceRegistry;
+  caCertPem: string;
+  publicHost: string;
+  sshPort: () => number;
+}
+
+export class KeyService {
+  /** Last-use times, written in batches so verify never waits on fsync. */
+  private uses = new Map<string, number>();
+
+  constructor(private readonly d: KeyDeps) {}
+
+  load(id: Identity, owner: string, name: string, req: LoadRequest, source: string): LoadResponse {
+    if (id.kind !== 'principal')
+      throw new BrokerError('forbidden', 'a service token cannot load keys; use a user token');
+    const s = this.d.registry.find(id, owner, name);
+    if (s.status !== 'ready') {
+      throw new BrokerError(
+        'service_not_ready',
+        `${owner}/${name} is ${s.status}; wait for the server to start (broker load --wait)`,
+      );
+    }
+    const { config, clock } = this.d;
+    const ttl = req.ttlSeconds ?? config.keyTtlSeconds;
+    if (ttl > config.keyMaxTtlSeconds)
+      throw new BrokerError(
+        'validation_failed',
+        `ttlSeconds may be at most ${config.keyMaxTtlSeconds}`,
+      );
+    const now = clock.now();
+    const key = newSecret('key');
+    const keyId = newId('key');
+    const expiresAt = Math.min(now + ttl * 1000, s.expiresAt);
+    this.d.store.insertKey({
+      id: keyId,
+      hash: hashSecret(key),
+      serviceId: s.id,
+      principal: id.principal.name,
+      createdAt: now,
+      expiresAt,
+      usesLeft: req.once ? 1 : null,
+      lastUsedAt: null,
+    });
+    this.d.audit.record({
+      actor: id.principal.name,
+      action: 'key.load',
+      target: `${owner}/${name}`,
+      outcome: 'ok',
+      source,
+      details: { keyId, once: req.once === true, expiresAt: new Date(expiresAt).toISOString() },
+    });
+    return {
+      service: serviceJson(s),
+      key,
+      keyId,
+      expiresAt: new Date(expiresAt).toISOString(),
+      once: req.once === true,
+      ...(s.mode === 'https' ? { ca: this.d.caCertPem } : {}),
+      connect: this.connectInfo(s, id.principal.name),
+    };
+  }
+
+  /** Ready-to-paste commands: the `ssh -L` line through the gateway, netcat, the URL. */
+  private connectInfo(s: ServiceRow, principal: string): ConnectInfo {
+    const target = s.tunnel === 'ssh' ? '127.0.0.1' : s.host.includes(':') ? `[${s.host}]` : s.host;
+    const info: ConnectInfo = {
+      host: s.tunnel === 'ssh' ? '127.0.0.1' : s.host,
+      port: s.port,
+      ssh: `ssh -N -p ${this.d.sshPort()} -L ${s.port}:${target}:${s.port} ${principal}@${this.d.publicHost}`,
+    };
+    if (s.mode === 'tcp') info.netcat = `(echo "$BROKER_KEY"; cat) | nc 127.0.0.1 ${s.port}`;
+    else info.url = `https://localhost:${s.port}/`;
+    return info;
+  }
+
+  /**
+   * Check a presented client key for the calling service. Answers only valid/invalid: a key of
+   * another service is simply invalid (no oracle, COMP-1).
+   */
+  verify(id: Identity, key: string, source: string): VerifyResponse {
+    if (id.kind !== 'service')
+      throw new BrokerError(
+        'forbidden',
+        'verify needs the service token of the service being connected to',
+      );
+    const s = id.service;
+    const now = this.d.clock.now();
+    const digest = hashSecret(key);
+    const row = secretKind(key) === 'key' ? this.d.store.findKeyByHash(digest) : null;
+    let valid =
+      digestMatches(row?.hash, digest) &&
+      row !== null &&
+      row.serviceId === s.id &&
+      row.expiresAt > now;
+    if (valid && row!.usesLeft !== null) valid = this.d.store.consumeKey(row!.id, now);
+    const target = `${s.owner}/${s.name}`;
+    if (!valid) {
+      this.d.audit.record({
+        actor: target + '#service',
+        action: 'key.verify',
+        target,
+        outcome: 'refused',
+        source,
+        details: null,
+      });
+      return { valid: false };
+    }
+    this.uses.set(row!.id, now);
+    this.d.audit.record({
+      actor: target + '#service',
+      action: 'key.verify',
+      target,
+      outcome: 'ok',
+      source,
+      details: { keyId: row!.id, principal: row!.principal },
+    });
+    return {
+      valid: true,
+      principal: row!.principal,
+      keyId: row!.id,
+      expiresAt: new Date(row!.expiresAt).toISOString(),
+    };
+  }
+
+  list(id: Identity, owner: string, name: string) {
+    if (id.kind !== 'principal')
+      throw new BrokerError('forbidden', 'listing keys needs a user token');
+    const s = this.d.registry.find(id, owner, name);
+    this.flushUses();
+    return { keys: this.d.store.listKeys(s.id, this.d.clock.now()).map(keyJson) };
+  }
+
+  revoke(id: Identity, keyId: string, source: string): void {
+    const k = /^key_[a-z0-9]{16}$/.test(keyId) ? this.d.store.getKey(keyId) : null;
+    const s = k ? this.d.store.getServiceById(k.serviceId) : null;
+    const allowed =
+      k !== null &&
+      s !== null &&
+      id.kind === 'principal' &&
+      (id.principal.role === 'admin' ||
+        id.principal.name === k.principal ||
+        id.principal.name === s.owner);
+    if (!allowed || !this.d.store.deleteKey(keyId))
+      throw new BrokerError('key_not_found', `no key ${keyId}`);
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'key.revoke',
+      target: `${s!.owner}/${s!.name}`,
+      outcome: 'ok',
+      source,
+      details: { keyId },
+    });
+  }
+
+  /** Write batched last-use times. */
+  flushUses(): void {
+    if (this.uses.size === 0) return;
+    const batch = this.uses;
+    this.uses = new Map();
+    this.d.store.touchKeys(batch);
+  }
+}

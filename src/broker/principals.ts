@@ -1,0 +1,192 @@
+/** Principals and their user tokens: admin management, plus self-service tokens. */
+import { BrokerError } from '../protocol/errors.js';
+import type { CreateTokenResponse, Principal, Role, TokenInfo } from '../protocol/types.js';
+import type { AuditLog } from './audit.js';
+import { actorOf, type Identity } from './auth.js';
+import type { Clock } from './clock.js';
+import { hashSecret, newId, newSecret } from './secrets.js';
+import { principalJson, tokenJson } from './serialize.js';
+import type { ServiceEvents } from './services.js';
+import type { Store, TokenRow } from './store/store.js';
+
+export interface PrincipalDeps {
+  store: Store;
+  clock: Clock;
+  audit: AuditLog;
+  portCooldownSeconds: number;
+  events?: ServiceEvents;
+}
+
+export function requireAdmin(id: Identity): void {
+  if (id.kind !== 'principal' || id.principal.role !== 'admin')
+    throw new BrokerError('forbidden', 'this needs an admin token');
+}
+
+export class PrincipalAdmin {
+  constructor(private readonly d: PrincipalDeps) {}
+
+  private newToken(
+    principal: string,
+    label: string | null,
+    ttlSeconds?: number,
+  ): { token: string; row: TokenRow } {
+    const now = this.d.clock.now();
+    const token = newSecret('user');
+    return {
+      token,
+      row: {
+        id: newId('tok'),
+        hash: hashSecret(token),
+        principal,
+        label,
+        createdAt: now,
+        expiresAt: ttlSeconds ? now + ttlSeconds * 1000 : null,
+        revokedAt: null,
+      },
+    };
+  }
+
+  /** Create a principal with a first token (used by the API and by first start). */
+  create(
+    actor: string | null,
+    name: string,
+    role: Role,
+    source: string | null,
+  ): { principal: Principal; token: string } {
+    const { token, row } = this.newToken(name, 'initial', undefined);
+    const p = { name, role, disabled: false, createdAt: this.d.clock.now() };
+    this.d.store.createPrincipal(p, row);
+    this.d.audit.record({
+      actor,
+      action: 'principal.create',
+      target: name,
+      outcome: 'ok',
+      source,
+      details: { role },
+    });
+    return { principal: principalJson(p), token };
+  }
+
+  list(id: Identity): { principals: Principal[] } {
+    requireAdmin(id);
+    return { principals: this.d.store.listPrincipals().map(principalJson) };
+  }
+
+  get(id: Identity, name: string): Principal {
+    requireAdmin(id);
+    const p = this.d.store.getPrincipal(name);
+    if (!p) throw new BrokerError('principal_not_found', `no principal ${name}`);
+    return principalJson(p);
+  }
+
+  update(
+    id: Identity,
+    name: string,
+    patch: { role?: Role; disabled?: boolean },
+    source: string,
+  ): Principal {
+    requireAdmin(id);
+    if (
+      id.kind === 'principal' &&
+      id.principal.name === name &&
+      (patch.disabled || patch.role === 'user')
+    ) {
+      throw new BrokerError(
+        'validation_failed',
+        'an admin cannot disable or demote itself; use another admin',
+      );
+    }
+    const p = this.d.store.updatePrincipal(name, patch);
+    if (!p) throw new BrokerError('principal_not_found', `no principal ${name}`);
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'principal.update',
+      target: name,
+      outcome: 'ok',
+      source,
+      details: patch,
+    });
+    return principalJson(p);
+  }
+
+  remove(id: Identity, name: string, source: string): void {
+    requireAdmin(id);
+    if (id.kind === 'principal' && id.principal.name === name) {
+      throw new BrokerError(
+        'validation_failed',
+        'an admin cannot remove itself; use another admin',
+      );
+    }
+    const now = this.d.clock.now();
+    const removed = this.d.store.deletePrincipal(
+      name,
+      now,
+      now + this.d.portCooldownSeconds * 1000,
+    );
+    if (!removed) throw new BrokerError('principal_not_found', `no principal ${name}`);
+    for (const s of removed) this.d.events?.removed(s, 'owner removed');
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'principal.remove',
+      target: name,
+      outcome: 'ok',
+      source,
+      details: { services: removed.length },
+    });
+  }
+
+  /** Admins manage anyone's tokens; a principal manages its own. */
+  private mayManage(id: Identity, principal: string): boolean {
+    return (
+      id.kind === 'principal' && (id.principal.role === 'admin' || id.principal.name === principal)
+    );
+  }
+
+  listTokens(id: Identity, principal: string): { tokens: TokenInfo[] } {
+    if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
+      throw new BrokerError('principal_not_found', `no principal ${principal}`);
+    }
+    return { tokens: this.d.store.listTokens(principal).map(tokenJson) };
+  }
+
+  createToken(
+    id: Identity,
+    principal: string,
+    req: { label?: string; ttlSeconds?: number },
+    source: string,
+  ): CreateTokenResponse {
+    if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
+      throw new BrokerError('principal_not_found', `no principal ${principal}`);
+    }
+    const { token, row } = this.newToken(principal, req.label ?? null, req.ttlSeconds);
+    this.d.store.insertToken(row);
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'token.create',
+      target: principal,
+      outcome: 'ok',
+      source,
+      details: { tokenId: row.id },
+    });
+    return { token, tokenInfo: tokenJson(row) };
+  }
+
+  revokeToken(id: Identity, tokenId: string, source: string): void {
+    const t = /^tok_[a-z0-9]{16}$/.test(tokenId) ? this.d.store.getToken(tokenId) : null;
+    if (
+      !t ||
+      !this.mayManage(id, t.principal) ||
+      !this.d.store.revokeToken(tokenId, this.d.clock.now())
+    ) {
+      throw new BrokerError('token_not_found', `no active token ${tokenId}`);
+    }
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'token.revoke',
+      target: t.principal,
+      outcome: 'ok',
+      source,
+      details: { tokenId },
+    });
+  }
+}

@@ -1,0 +1,79 @@
+/** Schema migrations, applied in order inside one transaction each; `user_version` records the last. */
+export const MIGRATIONS: readonly string[] = [
+  /* 1: the core registry */ `
+  CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+
+  CREATE TABLE principals (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+    disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+    created_at INTEGER NOT NULL
+  ) STRICT;
+
+  CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+    principal TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
+    label TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    revoked_at INTEGER
+  ) STRICT;
+  CREATE INDEX tokens_principal ON tokens(principal);
+
+  -- Live services only: a removed service's row is deleted and its port put in port_cooldown,
+  -- so UNIQUE(port) is exactly "unique among live services" (PORT-1).
+  CREATE TABLE services (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL REFERENCES principals(name),
+    name TEXT NOT NULL,
+    mode TEXT NOT NULL CHECK (mode IN ('tcp', 'https')),
+    tunnel TEXT NOT NULL CHECK (tunnel IN ('ssh', 'none')),
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL UNIQUE CHECK (port BETWEEN 1 AND 65535),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'ready', 'offline')),
+    token_hash BLOB NOT NULL UNIQUE CHECK (length(token_hash) = 32),
+    ttl_seconds INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    last_seen_at INTEGER,
+    heartbeat_at INTEGER,
+    cert_fingerprint TEXT,
+    cert_not_after INTEGER,
+    labels TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (owner, name)
+  ) STRICT;
+  CREATE INDEX services_expires ON services(expires_at);
+
+  CREATE TABLE port_cooldown (port INTEGER PRIMARY KEY, until INTEGER NOT NULL) STRICT;
+
+  CREATE TABLE client_keys (
+    id TEXT PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),
+    service_id TEXT NOT NULL REFERENCES services(id) ON DELETE CASCADE,
+    principal TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    uses_left INTEGER CHECK (uses_left IS NULL OR uses_left >= 0),
+    last_used_at INTEGER
+  ) STRICT;
+  CREATE INDEX client_keys_service ON client_keys(service_id);
+  CREATE INDEX client_keys_expires ON client_keys(expires_at);
+
+  -- Append-only: no UPDATE or DELETE statement touches it.
+  CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    outcome TEXT NOT NULL CHECK (outcome IN ('ok', 'refused', 'failed')),
+    source TEXT,
+    count INTEGER NOT NULL DEFAULT 1,
+    details TEXT
+  ) STRICT;
+  CREATE INDEX audit_at ON audit(at);
+  CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+  CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+  `,
+];

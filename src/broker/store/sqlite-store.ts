@@ -1,0 +1,540 @@
+/**
+ * The embedded registry on better-sqlite3: WAL with synchronous=FULL (read back at open, DUR-1),
+ * immediate write transactions, prepared statements, foreign keys on. Open it on `:memory:` for
+ * unit tests: the same SQL, no file.
+ */
+import Database from 'better-sqlite3';
+import { randomInt } from 'node:crypto';
+import { BrokerError } from '../../protocol/errors.js';
+import { MIGRATIONS } from './migrations.js';
+import type {
+  AuditQuery,
+  AuditRow,
+  KeyRow,
+  NewService,
+  PortPolicy,
+  PrincipalRow,
+  ServiceQuery,
+  ServiceRow,
+  Store,
+  TokenRow,
+} from './store.js';
+
+type Row = Record<string, unknown>;
+
+const toPrincipal = (r: Row): PrincipalRow => ({
+  name: r.name as string,
+  role: r.role as PrincipalRow['role'],
+  disabled: r.disabled === 1,
+  createdAt: r.created_at as number,
+});
+
+const toToken = (r: Row): TokenRow => ({
+  id: r.id as string,
+  hash: r.hash as Buffer,
+  principal: r.principal as string,
+  label: (r.label as string | null) ?? null,
+  createdAt: r.created_at as number,
+  expiresAt: (r.expires_at as number | null) ?? null,
+  revokedAt: (r.revoked_at as number | null) ?? null,
+});
+
+const toService = (r: Row): ServiceRow => ({
+  id: r.id as string,
+  owner: r.owner as string,
+  name: r.name as string,
+  mode: r.mode as ServiceRow['mode'],
+  tunnel: r.tunnel as ServiceRow['tunnel'],
+  host: r.host as string,
+  port: r.port as number,
+  status: r.status as ServiceRow['status'],
+  tokenHash: r.token_hash as Buffer,
+  ttlSeconds: r.ttl_seconds as number,
+  createdAt: r.created_at as number,
+  expiresAt: r.expires_at as number,
+  lastSeenAt: (r.last_seen_at as number | null) ?? null,
+  heartbeatAt: (r.heartbeat_at as number | null) ?? null,
+  certFingerprint: (r.cert_fingerprint as string | null) ?? null,
+  certNotAfter: (r.cert_not_after as number | null) ?? null,
+  labels: JSON.parse(r.labels as string) as Record<string, string>,
+});
+
+const toKey = (r: Row): KeyRow => ({
+  id: r.id as string,
+  hash: r.hash as Buffer,
+  serviceId: r.service_id as string,
+  principal: r.principal as string,
+  createdAt: r.created_at as number,
+  expiresAt: r.expires_at as number,
+  usesLeft: (r.uses_left as number | null) ?? null,
+  lastUsedAt: (r.last_used_at as number | null) ?? null,
+});
+
+const isUnique = (err: unknown, column: string) =>
+  (err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE' &&
+  String((err as Error).message).includes(column);
+
+export class SqliteStore implements Store {
+  readonly kind = 'sqlite';
+  private readonly db: Database.Database;
+  private readonly stmts: ReturnType<SqliteStore['prepare']>;
+  /** Next-fit cursor for port allocation: spreads reuse so cool-downs rarely bite. */
+  private portCursor = -1;
+
+  constructor(readonly path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    const p = this.pragmas();
+    if (path !== ':memory:' && (p.journal_mode !== 'wal' || p.synchronous !== 2)) {
+      throw new Error(`SQLite durability settings did not take: ${JSON.stringify(p)}`);
+    }
+    this.migrate();
+    this.stmts = this.prepare();
+  }
+
+  pragmas(): Record<string, string | number> {
+    return {
+      journal_mode: this.db.pragma('journal_mode', { simple: true }) as string,
+      synchronous: this.db.pragma('synchronous', { simple: true }) as number,
+      foreign_keys: this.db.pragma('foreign_keys', { simple: true }) as number,
+    };
+  }
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new Error(
+        `database schema version ${current} is newer than this broker (${MIGRATIONS.length}); upgrade the broker`,
+      );
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.db
+        .transaction(() => {
+          this.db.exec(MIGRATIONS[v]!);
+          this.db.pragma(`user_version = ${v + 1}`);
+        })
+        .immediate();
+    }
+  }
+
+  private prepare() {
+    const d = this.db;
+    return {
+      getMeta: d.prepare('SELECT value FROM meta WHERE key = ?').pluck(),
+      setMeta: d.prepare(
+        'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+      ),
+      insPrincipal: d.prepare(
+        'INSERT INTO principals (name, role, disabled, created_at) VALUES (?, ?, ?, ?)',
+      ),
+      getPrincipal: d.prepare('SELECT * FROM principals WHERE name = ?'),
+      listPrincipals: d.prepare('SELECT * FROM principals ORDER BY name'),
+      delPrincipal: d.prepare('DELETE FROM principals WHERE name = ?'),
+      insToken: d.prepare(
+        'INSERT INTO tokens (id, hash, principal, label, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      ),
+      tokenByHash: d.prepare('SELECT * FROM tokens WHERE hash = ?'),
+      tokenById: d.prepare('SELECT * FROM tokens WHERE id = ?'),
+      tokensOf: d.prepare('SELECT * FROM tokens WHERE principal = ? ORDER BY created_at, id'),
+      revokeToken: d.prepare(
+        'UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL',
+      ),
+      serviceByName: d.prepare('SELECT * FROM services WHERE owner = ? AND name = ?'),
+      serviceById: d.prepare('SELECT * FROM services WHERE id = ?'),
+      serviceByToken: d.prepare('SELECT * FROM services WHERE token_hash = ?'),
+      servicesOf: d.prepare('SELECT * FROM services WHERE owner = ?'),
+      allServices: d.prepare('SELECT * FROM services ORDER BY owner, name'),
+      usedPorts: d
+        .prepare(
+          'SELECT port FROM services WHERE port BETWEEN @min AND @max UNION SELECT port FROM port_cooldown WHERE until > @now AND port BETWEEN @min AND @max',
+        )
+        .pluck(),
+      portTaken: d
+        .prepare(
+          'SELECT 1 FROM services WHERE port = @port UNION ALL SELECT 1 FROM port_cooldown WHERE port = @port AND until > @now',
+        )
+        .pluck(),
+      dropCooldowns: d.prepare('DELETE FROM port_cooldown WHERE until <= ?'),
+      insService:
+        d.prepare(`INSERT INTO services (id, owner, name, mode, tunnel, host, port, status, token_hash, ttl_seconds,
+          created_at, expires_at, last_seen_at, heartbeat_at, cert_fingerprint, cert_not_after, labels)
+        VALUES (@id, @owner, @name, @mode, @tunnel, @host, @port, @status, @tokenHash, @ttlSeconds,
+          @createdAt, @expiresAt, NULL, NULL, @certFingerprint, @certNotAfter, @labels)`),
+      delService: d.prepare('DELETE FROM services WHERE id = ? RETURNING port'),
+      coolPort: d.prepare(
+        'INSERT INTO port_cooldown (port, until) VALUES (?, ?) ON CONFLICT (port) DO UPDATE SET until = max(until, excluded.until)',
+      ),
+      expired: d.prepare('SELECT * FROM services WHERE expires_at <= ?'),
+      stale: d.prepare(
+        "UPDATE services SET status = 'offline' WHERE status != 'offline' AND heartbeat_at IS NOT NULL AND heartbeat_at < ? RETURNING *",
+      ),
+      insKey:
+        d.prepare(`INSERT INTO client_keys (id, hash, service_id, principal, created_at, expires_at, uses_left, last_used_at)
+        VALUES (@id, @hash, @serviceId, @principal, @createdAt, @expiresAt, @usesLeft, NULL)`),
+      keyByHash: d.prepare('SELECT * FROM client_keys WHERE hash = ?'),
+      keyById: d.prepare('SELECT * FROM client_keys WHERE id = ?'),
+      keysOf: d.prepare(
+        'SELECT * FROM client_keys WHERE service_id = ? AND expires_at > ? ORDER BY created_at, id',
+      ),
+      consumeKey: d.prepare(
+        'UPDATE client_keys SET uses_left = uses_left - 1, last_used_at = @now WHERE id = @id AND uses_left > 0 AND expires_at > @now',
+      ),
+      delKey: d.prepare('DELETE FROM client_keys WHERE id = ?'),
+      delExpiredKeys: d.prepare('DELETE FROM client_keys WHERE expires_at <= ? OR uses_left = 0'),
+      touchKey: d.prepare(
+        'UPDATE client_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?',
+      ),
+      insAudit:
+        d.prepare(`INSERT INTO audit (at, actor, action, target, outcome, source, count, details)
+        VALUES (@at, @actor, @action, @target, @outcome, @source, @count, @details)`),
+    };
+  }
+
+  getMeta(key: string): string | null {
+    return (this.stmts.getMeta.get(key) as string | undefined) ?? null;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.stmts.setMeta.run(key, value);
+  }
+
+  createPrincipal(row: PrincipalRow, token?: TokenRow): void {
+    this.db
+      .transaction(() => {
+        try {
+          this.stmts.insPrincipal.run(row.name, row.role, row.disabled ? 1 : 0, row.createdAt);
+        } catch (err) {
+          if (
+            isUnique(err, 'principals.name') ||
+            (err as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+          ) {
+            throw new BrokerError('name_taken', `principal ${row.name} already exists`);
+          }
+          throw err;
+        }
+        if (token) this.insertTokenRow(token);
+      })
+      .immediate();
+  }
+
+  getPrincipal(name: string): PrincipalRow | null {
+    const r = this.stmts.getPrincipal.get(name) as Row | undefined;
+    return r ? toPrincipal(r) : null;
+  }
+
+  listPrincipals(): PrincipalRow[] {
+    return (this.stmts.listPrincipals.all() as Row[]).map(toPrincipal);
+  }
+
+  updatePrincipal(
+    name: string,
+    patch: Partial<Pick<PrincipalRow, 'role' | 'disabled'>>,
+  ): PrincipalRow | null {
+    return this.db
+      .transaction(() => {
+        const sets: string[] = [];
+        const args: unknown[] = [];
+        if (patch.role !== undefined) {
+          sets.push('role = ?');
+          args.push(patch.role);
+        }
+        if (patch.disabled !== undefined) {
+          sets.push('disabled = ?');
+          args.push(patch.disabled ? 1 : 0);
+        }
+        if (sets.length)
+          this.db
+            .prepare(`UPDATE principals SET ${sets.join(', ')} WHERE name = ?`)
+            .run(...args, name);
+        return this.getPrincipal(name);
+      })
+      .immediate();
+  }
+
+  deletePrincipal(name: string, _now: number, cooldownUntil: number): ServiceRow[] | null {
+    return this.db
+      .transaction(() => {
+        if (!this.stmts.getPrincipal.get(name)) return null;
+        const services = (this.stmts.servicesOf.all(name) as Row[]).map(toService);
+        for (const s of services) this.removeServiceRow(s.id, cooldownUntil);
+        this.db.prepare('DELETE FROM client_keys WHERE principal = ?').run(name);
+        this.stmts.delPrincipal.run(name);
+        return services;
+      })
+      .immediate();
+  }
+
+  private insertTokenRow(t: TokenRow): void {
+    this.stmts.insToken.run(
+      t.id,
+      t.hash,
+      t.principal,
+      t.label,
+      t.createdAt,
+      t.expiresAt,
+      t.revokedAt,
+    );
+  }
+
+  insertToken(row: TokenRow): void {
+    this.db.transaction(() => this.insertTokenRow(row)).immediate();
+  }
+
+  findTokenByHash(hash: Buffer): TokenRow | null {
+    const r = this.stmts.tokenByHash.get(hash) as Row | undefined;
+    return r ? toToken(r) : null;
+  }
+
+  getToken(id: string): TokenRow | null {
+    const r = this.stmts.tokenById.get(id) as Row | undefined;
+    return r ? toToken(r) : null;
+  }
+
+  listTokens(principal: string): TokenRow[] {
+    return (this.stmts.tokensOf.all(principal) as Row[]).map(toToken);
+  }
+
+  revokeToken(id: string, now: number): boolean {
+    return this.db.transaction(() => this.stmts.revokeToken.run(now, id).changes > 0).immediate();
+  }
+
+  registerService(row: NewService, policy: PortPolicy): ServiceRow {
+    return this.db
+      .transaction(() => {
+        if (this.stmts.serviceByName.get(row.owner, row.name)) {
+          throw new BrokerError(
+            'name_taken',
+            `service ${row.owner}/${row.name} is already registered`,
+          );
+        }
+        this.stmts.dropCooldowns.run(policy.now);
+        const port = policy.requested ?? this.pickPort(policy);
+        if (policy.requested !== undefined) {
+          if (port < policy.min || port > policy.max) {
+            throw new BrokerError(
+              'port_unavailable',
+              `port ${port} is outside the range ${policy.min}-${policy.max}`,
+            );
+          }
+          if (this.stmts.portTaken.get({ port, now: policy.now })) {
+            throw new BrokerError(
+              'port_unavailable',
+              `port ${port} is in use or cooling down; omit --port to get a free one`,
+            );
+          }
+        }
+        this.stmts.insService.run({
+          ...row,
+          port,
+          labels: JSON.stringify(row.labels),
+        });
+        return toService(this.stmts.serviceById.get(row.id) as Row);
+      })
+      .immediate();
+  }
+
+  private pickPort(policy: PortPolicy): number {
+    const used = new Set(this.stmts.usedPorts.all(policy) as number[]);
+    const size = policy.max - policy.min + 1;
+    if (used.size >= size) {
+      throw new BrokerError(
+        'port_range_exhausted',
+        `all ${size} ports in ${policy.min}-${policy.max} are taken or cooling down`,
+      );
+    }
+    if (this.portCursor < policy.min || this.portCursor > policy.max)
+      this.portCursor = policy.min + randomInt(size);
+    for (let i = 0; i < size; i++) {
+      const port = policy.min + ((this.portCursor - policy.min + i) % size);
+      if (!used.has(port)) {
+        this.portCursor = port + 1;
+        return port;
+      }
+    }
+    throw new BrokerError(
+      'port_range_exhausted',
+      `all ${size} ports in ${policy.min}-${policy.max} are taken or cooling down`,
+    );
+  }
+
+  getService(owner: string, name: string): ServiceRow | null {
+    const r = this.stmts.serviceByName.get(owner, name) as Row | undefined;
+    return r ? toService(r) : null;
+  }
+
+  getServiceById(id: string): ServiceRow | null {
+    const r = this.stmts.serviceById.get(id) as Row | undefined;
+    return r ? toService(r) : null;
+  }
+
+  findServiceByTokenHash(hash: Buffer): ServiceRow | null {
+    const r = this.stmts.serviceByToken.get(hash) as Row | undefined;
+    return r ? toService(r) : null;
+  }
+
+  queryServices(q: ServiceQuery): ServiceRow[] {
+    const where: string[] = [];
+    const args: Record<string, unknown> = { limit: q.limit };
+    if (q.owner !== undefined) {
+      where.push('owner = @owner');
+      args.owner = q.owner;
+    }
+    if (q.glob !== undefined) {
+      where.push(q.globFull ? "(owner || '/' || name) GLOB @glob" : 'name GLOB @glob');
+      args.glob = q.glob;
+    }
+    if (q.after) {
+      where.push('(owner, name) > (@afterOwner, @afterName)');
+      args.afterOwner = q.after.owner;
+      args.afterName = q.after.name;
+    }
+    const sql = `SELECT * FROM services ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY owner, name LIMIT @limit`;
+    return (this.db.prepare(sql).all(args) as Row[]).map(toService);
+  }
+
+  updateService(
+    id: string,
+    patch: Partial<
+      Pick<
+        ServiceRow,
+        'status' | 'expiresAt' | 'lastSeenAt' | 'heartbeatAt' | 'certFingerprint' | 'certNotAfter'
+      >
+    >,
+  ): ServiceRow | null {
+    const columns: Record<string, string> = {
+      status: 'status',
+      expiresAt: 'expires_at',
+      lastSeenAt: 'last_seen_at',
+      heartbeatAt: 'heartbeat_at',
+      certFingerprint: 'cert_fingerprint',
+      certNotAfter: 'cert_not_after',
+    };
+    const keys = Object.keys(patch).filter(
+      (k) => k in columns && patch[k as keyof typeof patch] !== undefined,
+    );
+    return this.db
+      .transaction(() => {
+        if (keys.length) {
+          const sql = `UPDATE services SET ${keys.map((k) => `${columns[k]} = @${k}`).join(', ')} WHERE id = @id`;
+          this.db.prepare(sql).run({ ...patch, id });
+        }
+        const r = this.stmts.serviceById.get(id) as Row | undefined;
+        return r ? toService(r) : null;
+      })
+      .immediate();
+  }
+
+  private removeServiceRow(id: string, cooldownUntil: number): boolean {
+    const gone = this.stmts.delService.get(id) as { port: number } | undefined;
+    if (gone) this.stmts.coolPort.run(gone.port, cooldownUntil);
+    return gone !== undefined;
+  }
+
+  removeService(id: string, cooldownUntil: number): boolean {
+    return this.db.transaction(() => this.removeServiceRow(id, cooldownUntil)).immediate();
+  }
+
+  reapExpired(now: number, cooldownSeconds: number): ServiceRow[] {
+    return this.db
+      .transaction(() => {
+        const rows = (this.stmts.expired.all(now) as Row[]).map(toService);
+        for (const s of rows) this.removeServiceRow(s.id, now + cooldownSeconds * 1000);
+        return rows;
+      })
+      .immediate();
+  }
+
+  markStale(heartbeatBefore: number): ServiceRow[] {
+    return this.db
+      .transaction(() => (this.stmts.stale.all(heartbeatBefore) as Row[]).map(toService))
+      .immediate();
+  }
+
+  listServices(): ServiceRow[] {
+    return (this.stmts.allServices.all() as Row[]).map(toService);
+  }
+
+  insertKey(row: KeyRow): void {
+    this.db.transaction(() => this.stmts.insKey.run(row)).immediate();
+  }
+
+  findKeyByHash(hash: Buffer): KeyRow | null {
+    const r = this.stmts.keyByHash.get(hash) as Row | undefined;
+    return r ? toKey(r) : null;
+  }
+
+  getKey(id: string): KeyRow | null {
+    const r = this.stmts.keyById.get(id) as Row | undefined;
+    return r ? toKey(r) : null;
+  }
+
+  listKeys(serviceId: string, now: number): KeyRow[] {
+    return (this.stmts.keysOf.all(serviceId, now) as Row[]).map(toKey);
+  }
+
+  consumeKey(id: string, now: number): boolean {
+    return this.db
+      .transaction(() => this.stmts.consumeKey.run({ id, now }).changes > 0)
+      .immediate();
+  }
+
+  deleteKey(id: string): boolean {
+    return this.db.transaction(() => this.stmts.delKey.run(id).changes > 0).immediate();
+  }
+
+  deleteExpiredKeys(now: number): number {
+    return this.db.transaction(() => this.stmts.delExpiredKeys.run(now).changes).immediate();
+  }
+
+  touchKeys(uses: Map<string, number>): void {
+    if (uses.size === 0) return;
+    this.db
+      .transaction(() => {
+        for (const [id, at] of uses) this.stmts.touchKey.run(at, id);
+      })
+      .immediate();
+  }
+
+  appendAudit(rows: AuditRow[]): void {
+    if (rows.length === 0) return;
+    this.db
+      .transaction(() => {
+        for (const r of rows)
+          this.stmts.insAudit.run({ ...r, details: r.details ? JSON.stringify(r.details) : null });
+      })
+      .immediate();
+  }
+
+  listAudit(q: AuditQuery): (AuditRow & { id: number })[] {
+    const where: string[] = [];
+    const args: Record<string, unknown> = { limit: q.limit };
+    if (q.since !== undefined) {
+      where.push('at >= @since');
+      args.since = q.since;
+    }
+    if (q.principal !== undefined) {
+      where.push("(actor = @principal OR target = @principal OR target LIKE @prefix ESCAPE '\\')");
+      args.principal = q.principal;
+      args.prefix = q.principal.replace(/[\\%_]/g, (c) => '\\' + c) + '/%';
+    }
+    const sql = `SELECT * FROM audit ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT @limit`;
+    return (this.db.prepare(sql).all(args) as Row[]).map((r) => ({
+      id: r.id as number,
+      at: r.at as number,
+      actor: (r.actor as string | null) ?? null,
+      action: r.action as string,
+      target: (r.target as string | null) ?? null,
+      outcome: r.outcome as AuditRow['outcome'],
+      source: (r.source as string | null) ?? null,
+      count: r.count as number,
+      details: r.details ? (JSON.parse(r.details as string) as Record<string, unknown>) : null,
+    }));
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * The registry store: a narrow interface the domain talks to. SQLite (better-sqlite3) is the
+ * embedded implementation; the interface speaks in rows and domain operations, never SQL, so a
+ * networked SQL backend (PostgreSQL for several replicas) can implement it later without touching
+ * the API layer. Every method is one transaction. Times are epoch milliseconds.
+ */
+import type { Role, ServiceMode, ServiceStatus, TunnelKind } from '../../protocol/types.js';
+
+export interface PrincipalRow {
+  name: string;
+  role: Role;
+  disabled: boolean;
+  createdAt: number;
+}
+
+export interface TokenRow {
+  id: string;
+  hash: Buffer;
+  principal: string;
+  label: string | null;
+  createdAt: number;
+  expiresAt: number | null;
+  revokedAt: number | null;
+}
+
+export interface ServiceRow {
+  id: string;
+  owner: string;
+  name: string;
+  mode: ServiceMode;
+  tunnel: TunnelKind;
+  host: string;
+  port: number;
+  status: ServiceStatus;
+  tokenHash: Buffer;
+  ttlSeconds: number;
+  createdAt: number;
+  expiresAt: number;
+  lastSeenAt: number | null;
+  heartbeatAt: number | null;
+  certFingerprint: string | null;
+  certNotAfter: number | null;
+  labels: Record<string, string>;
+}
+
+export interface KeyRow {
+  id: string;
+  hash: Buffer;
+  serviceId: string;
+  principal: string;
+  createdAt: number;
+  expiresAt: number;
+  /** null: unlimited; otherwise the verifies left. */
+  usesLeft: number | null;
+  lastUsedAt: number | null;
+}
+
+export interface AuditRow {
+  at: number;
+  actor: string | null;
+  action: string;
+  target: string | null;
+  outcome: 'ok' | 'refused' | 'failed';
+  source: string | null;
+  count: number;
+  details: Record<string, unknown> | null;
+}
+
+export type NewService = Omit<ServiceRow, 'port' | 'lastSeenAt' | 'heartbeatAt'>;
+
+export interface PortPolicy {
+  min: number;
+  max: number;
+  now: number;
+  /** A specific port (tunnel `none` with `port`); otherwise the store picks one. */
+  requested?: number;
+}
+
+export interface ServiceQuery {
+  owner?: string;
+  /** SQLite GLOB over `name`, or over `owner/name` when `globFull`. */
+  glob?: string;
+  globFull?: boolean;
+  /** Keyset pagination: rows strictly after this (owner, name). */
+  after?: { owner: string; name: string };
+  limit: number;
+}
+
+export interface AuditQuery {
+  since?: number;
+  /** Only events whose actor is this principal or whose target is one of its services. */
+  principal?: string;
+  limit: number;
+}
+
+export interface Store {
+  readonly kind: string;
+
+  getMeta(key: string): string | null;
+  setMeta(key: string, value: string): void;
+
+  createPrincipal(row: PrincipalRow, token?: TokenRow): void;
+  getPrincipal(name: string): PrincipalRow | null;
+  listPrincipals(): PrincipalRow[];
+  updatePrincipal(
+    name: string,
+    patch: Partial<Pick<PrincipalRow, 'role' | 'disabled'>>,
+  ): PrincipalRow | null;
+  /** Remove a principal, its tokens, keys and services (ports go to cool-down). */
+  deletePrincipal(name: string, now: number, cooldownUntil: number): ServiceRow[] | null;
+
+  insertToken(row: TokenRow): void;
+  findTokenByHash(hash: Buffer): TokenRow | null;
+  getToken(id: string): TokenRow | null;
+  listTokens(principal: string): TokenRow[];
+  revokeToken(id: string, now: number): boolean;
+
+  /** Allocate a port and insert, in one immediate transaction. Throws BrokerError. */
+  registerService(row: NewService, policy: PortPolicy): ServiceRow;
+  getService(owner: string, name: string): ServiceRow | null;
+  getServiceById(id: string): ServiceRow | null;
+  findServiceByTokenHash(hash: Buffer): ServiceRow | null;
+  queryServices(q: ServiceQuery): ServiceRow[];
+  updateService(
+    id: string,
+    patch: Partial<
+      Pick<
+        ServiceRow,
+        'status' | 'expiresAt' | 'lastSeenAt' | 'heartbeatAt' | 'certFingerprint' | 'certNotAfter'
+      >
+    >,
+  ): ServiceRow | null;
+  /** Delete the service and its keys; its port cools down until `cooldownUntil`. */
+  removeService(id: string, cooldownUntil: number): boolean;
+  /** Remove every service whose lease ended; returns them. */
+  reapExpired(now: number, cooldownSeconds: number): ServiceRow[];
+  /** Mark heartbeating services that went quiet offline; returns them. */
+  markStale(heartbeatBefore: number): ServiceRow[];
+  listServices(): ServiceRow[];
+
+  insertKey(row: KeyRow): void;
+  findKeyByHash(hash: Buffer): KeyRow | null;
+  getKey(id: string): KeyRow | null;
+  listKeys(serviceId: string, now: number): KeyRow[];
+  /** Take one use of a counted key; false when none is left. */
+  consumeKey(id: string, now: number): boolean;
+  deleteKey(id: string): boolean;
+  deleteExpiredKeys(now: number): number;
+  /** Record last use times in one transaction (batched off the verify path). */
+  touchKeys(uses: Map<string, number>): void;
+
+  appendAudit(rows: AuditRow[]): void;
+  listAudit(q: AuditQuery): (AuditRow & { id: number })[];
+
+  /** Durability pragmas as read back (DUR-1). */
+  pragmas(): Record<string, string | number>;
+  close(): void;
+}

@@ -1,0 +1,145 @@
+/** user and token commands (admins; `token create` also for yourself). */
+import type { Command } from 'commander';
+import type { Action } from '../main.js';
+import { client, parseDuration, printJson } from '../util.js';
+
+export function define(program: Command, action: Action): void {
+  const user = program.command('user').description('manage principals (admin)');
+  user
+    .command('add')
+    .argument('<name>', 'principal name, like a Unix user name')
+    .option('--admin', 'make it an admin')
+    .option('--json', 'print {"principal", "token"}')
+    .description('create a principal and its first token (shown once)')
+    .addHelpText(
+      'after',
+      `\nExample:\n  broker user add alice   # hand the printed token to alice over a trusted channel`,
+    )
+    .action(
+      action(async (io, name: string, opts: { admin?: boolean; json?: boolean }) => {
+        const broker = client(io);
+        const res = await broker.createPrincipal(name, opts.admin ? 'admin' : 'user');
+        broker.close();
+        if (opts.json) printJson(io, res);
+        else
+          io.stdout.write(
+            `added ${res.principal.role} ${res.principal.name}\ntoken (shown once):\n${res.token}\n`,
+          );
+        return 0;
+      }),
+    );
+  user
+    .command('list')
+    .option('--json', 'print {"principals": [...]}')
+    .description('list principals')
+    .action(
+      action(async (io, opts: { json?: boolean }) => {
+        const broker = client(io);
+        const principals = await broker.listPrincipals();
+        broker.close();
+        if (opts.json) printJson(io, { principals });
+        else
+          for (const p of principals)
+            io.stdout.write(`${p.name}\t${p.role}${p.disabled ? '\tdisabled' : ''}\n`);
+        return 0;
+      }),
+    );
+  user
+    .command('remove')
+    .argument('<name>')
+    .description('remove a principal, its tokens and its services')
+    .action(
+      action(async (io, name: string) => {
+        const broker = client(io);
+        await broker.removePrincipal(name);
+        broker.close();
+        io.stdout.write(`removed ${name}\n`);
+        return 0;
+      }),
+    );
+  for (const [cmd, disabled] of [
+    ['disable', true],
+    ['enable', false],
+  ] as const) {
+    user
+      .command(cmd)
+      .argument('<name>')
+      .description(`${cmd} a principal's tokens`)
+      .action(
+        action(async (io, name: string) => {
+          const broker = client(io);
+          await broker.updatePrincipal(name, { disabled });
+          broker.close();
+          io.stdout.write(`${cmd}d ${name}\n`);
+          return 0;
+        }),
+      );
+  }
+
+  const token = program.command('token').description('create, list and revoke user tokens');
+  token
+    .command('create')
+    .argument('[principal]', 'whose token (default: yourself)')
+    .option('--label <text>', 'a note shown by token list')
+    .option('--ttl <dur>', 'expire after this long, e.g. 30d')
+    .option('--json', 'print {"token", "tokenInfo"}')
+    .description('create a user token (shown once)')
+    .addHelpText(
+      'after',
+      `\nExamples:\n  broker token create --label laptop --ttl 30d\n  broker token create alice`,
+    )
+    .action(
+      action(
+        async (
+          io,
+          principal: string | undefined,
+          opts: { label?: string; ttl?: string; json?: boolean },
+        ) => {
+          const broker = client(io);
+          const who = principal ?? (await broker.ref('x')).owner;
+          const res = await broker.createToken(who, {
+            ...(opts.label ? { label: opts.label } : {}),
+            ...(opts.ttl ? { ttlSeconds: parseDuration(opts.ttl, '--ttl') } : {}),
+          });
+          broker.close();
+          if (opts.json) printJson(io, res);
+          else
+            io.stdout.write(`token ${res.tokenInfo.id} for ${who} (shown once):\n${res.token}\n`);
+          return 0;
+        },
+      ),
+    );
+  token
+    .command('list')
+    .argument('[principal]', 'whose tokens (default: yourself)')
+    .option('--json', 'print {"tokens": [...]}')
+    .description('list user tokens (ids only, never the tokens)')
+    .action(
+      action(async (io, principal: string | undefined, opts: { json?: boolean }) => {
+        const broker = client(io);
+        const who = principal ?? (await broker.ref('x')).owner;
+        const tokens = await broker.listTokens(who);
+        broker.close();
+        if (opts.json) printJson(io, { tokens });
+        else
+          for (const t of tokens)
+            io.stdout.write(
+              `${t.id}\t${t.label ?? '-'}\t${t.revoked ? 'revoked' : (t.expiresAt ?? 'no expiry')}\n`,
+            );
+        return 0;
+      }),
+    );
+  token
+    .command('revoke')
+    .argument('<tokenId>', 'tok_… from token list')
+    .description('revoke a user token')
+    .action(
+      action(async (io, tokenId: string) => {
+        const broker = client(io);
+        await broker.revokeToken(tokenId);
+        broker.close();
+        io.stdout.write(`revoked ${tokenId}\n`);
+        return 0;
+      }),
+    );
+}

@@ -1,0 +1,118 @@
+import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import type { Command } from 'commander';
+import type { RegisterRequest } from '../../protocol/types.js';
+import type { Action } from '../main.js';
+import { client, envLines, formatOf, parseDuration, printJson, UsageError } from '../util.js';
+
+export function define(program: Command, action: Action): void {
+  program
+    .command('register')
+    .argument('<name>', 'service name (yours): [a-z0-9][a-z0-9._-]*')
+    .description('register a service: get its port and a service token (shown once)')
+    .option('--mode <mode>', 'tcp (key line handshake) or https (broker certificate)', 'tcp')
+    .option(
+      '--tunnel <kind>',
+      'ssh (reverse tunnel to the gateway) or none (listen on host:port yourself)',
+      'ssh',
+    )
+    .option(
+      '--host <ip>',
+      'with --tunnel none: the address the server listens on (default: the address you register from)',
+    )
+    .option('--port <n>', 'with --tunnel none: a specific port from the range')
+    .option('--ttl <dur>', 'lease, e.g. 8h (heartbeats extend it)')
+    .option('--csr <file>', 'https: a PEM CSR; the private key stays with you')
+    .option('--out-dir <dir>', 'https: write cert.pem, key.pem (0600) and ca.pem here')
+    .option('--label <k=v...>', 'labels shown by query', (v: string, prev: string[] = []) => [
+      ...prev,
+      v,
+    ])
+    .option('--format <fmt>', 'text, json or env (export lines for eval)', 'text')
+    .option('--json', 'same as --format json')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  broker register viz --tunnel none                 # then start your server on the printed port
+  eval "$(broker register viz --tunnel none --format env)"   # BROKER_PORT, BROKER_TOKEN in a job script
+  broker register nb --mode https --tunnel none --out-dir ~/.nb-tls
+
+With --format env, BROKER_TOKEN is the service token, so broker ready / heartbeat / verify /
+unregister work in the same script with no more set-up.`,
+    )
+    .action(
+      action(
+        async (io, name: string, opts: Record<string, string | boolean | string[] | undefined>) => {
+          const format = formatOf(opts as { format?: string; json?: boolean });
+          const req: RegisterRequest = {
+            name,
+            mode: opts.mode as RegisterRequest['mode'],
+            tunnel: opts.tunnel as RegisterRequest['tunnel'],
+          };
+          if (opts.host !== undefined) req.host = String(opts.host);
+          if (opts.port !== undefined) {
+            if (!/^\d{1,5}$/.test(String(opts.port)))
+              throw new UsageError('--port must be a number');
+            req.port = Number(opts.port);
+          }
+          if (opts.ttl !== undefined) req.ttlSeconds = parseDuration(String(opts.ttl), '--ttl');
+          if (opts.csr !== undefined) req.csr = readFileSync(String(opts.csr), 'utf8');
+          if (opts.label) {
+            req.labels = {};
+            for (const kv of opts.label as string[]) {
+              const i = kv.indexOf('=');
+              if (i < 1) throw new UsageError(`--label must be key=value (got ${kv.slice(0, 40)})`);
+              req.labels[kv.slice(0, i)] = kv.slice(i + 1);
+            }
+          }
+          const broker = client(io);
+          const res = await broker.register(req);
+          broker.close();
+          let caPath: string | undefined = io.env.BROKER_CA;
+          if (opts.outDir && res.tls) {
+            const dir = resolve(String(opts.outDir));
+            mkdirSync(dir, { recursive: true, mode: 0o700 });
+            writeFileSync(join(dir, 'cert.pem'), res.tls.cert, { mode: 0o644 });
+            if (res.tls.key)
+              writeFileSync(join(dir, 'key.pem'), res.tls.key, { mode: 0o600, flag: 'wx' });
+            writeFileSync(join(dir, 'ca.pem'), res.tls.ca, { mode: 0o644 });
+            caPath = join(dir, 'ca.pem');
+          }
+          const s = res.service;
+          if (format === 'json') printJson(io, res);
+          else if (format === 'env') {
+            io.stdout.write(
+              envLines({
+                BROKER_SERVICE: `${s.owner}/${s.name}`,
+                BROKER_HOST: s.host,
+                BROKER_PORT: s.port,
+                BROKER_TOKEN: res.serviceToken,
+                BROKER_URL: broker.url,
+                BROKER_CA: caPath,
+                BROKER_CERT:
+                  opts.outDir && res.tls
+                    ? join(resolve(String(opts.outDir)), 'cert.pem')
+                    : undefined,
+                BROKER_KEY_FILE:
+                  opts.outDir && res.tls?.key
+                    ? join(resolve(String(opts.outDir)), 'key.pem')
+                    : undefined,
+              }),
+            );
+          } else {
+            const where =
+              s.tunnel === 'ssh' ? `port ${s.port} (reverse tunnel)` : `${s.host}:${s.port}`;
+            io.stdout.write(
+              `registered ${s.owner}/${s.name} (${s.mode}, tunnel ${s.tunnel}) on ${where}, status ${s.status}\n` +
+                `service token (shown once, keep it secret):\n${res.serviceToken}\n` +
+                (s.tunnel === 'none'
+                  ? `next: start your server on port ${s.port}, then run: BROKER_TOKEN=<service token> broker ready ${s.name}\n`
+                  : `next: attach the reverse tunnel with the service token (ssh -R 0:127.0.0.1:<app port>)\n`),
+            );
+          }
+          return 0;
+        },
+      ),
+    );
+}

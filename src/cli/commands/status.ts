@@ -1,0 +1,88 @@
+/** ca, status and audit: what is this broker, and what happened. */
+import { writeFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import type { Action } from '../main.js';
+import { client, parseDuration, printJson } from '../util.js';
+
+export function define(program: Command, action: Action): void {
+  program
+    .command('ca')
+    .option('--out <file>', 'write the PEM to a file instead of stdout')
+    .description('print the broker CA certificate (what clients pin)')
+    .addHelpText(
+      'after',
+      `\nExample:\n  broker ca --out ~/broker-ca.pem && export BROKER_CA=~/broker-ca.pem`,
+    )
+    .action(
+      action(async (io, opts: { out?: string }) => {
+        const broker = client(io);
+        const pem = await broker.caPem();
+        broker.close();
+        if (opts.out) writeFileSync(opts.out, pem);
+        else io.stdout.write(pem);
+        return 0;
+      }),
+    );
+
+  program
+    .command('status')
+    .option('--json', 'print one JSON document')
+    .description('show which broker you talk to, as whom, and its health')
+    .action(
+      action(async (io, opts: { json?: boolean }) => {
+        const broker = client(io);
+        const health = await broker.health();
+        const who = broker.credentials.token ? await broker.whoami() : null;
+        broker.close();
+        const doc = {
+          url: broker.url,
+          health,
+          whoami: who,
+          credentialSources: broker.credentials.sources,
+        };
+        if (opts.json) printJson(io, doc);
+        else {
+          const as = !who
+            ? 'no token'
+            : who.kind === 'principal'
+              ? `${who.principal.name} (${who.principal.role})`
+              : `service ${who.service.owner}/${who.service.name}`;
+          io.stdout.write(
+            `broker:  ${broker.url} (${health.status}, version ${health.version})\nas:      ${as}\n` +
+              Object.entries(broker.credentials.sources)
+                .map(([k, v]) => `${k.padEnd(8)} from ${v}`)
+                .join('\n') +
+              '\n',
+          );
+        }
+        return 0;
+      }),
+    );
+
+  program
+    .command('audit')
+    .option('--since <dur>', 'only events newer than this, e.g. 1h')
+    .option('--limit <n>', 'at most this many events', '100')
+    .option('--json', 'print {"events": [...]}')
+    .description('show audit events (admins: all; users: their own)')
+    .action(
+      action(async (io, opts: { since?: string; limit: string; json?: boolean }) => {
+        const broker = client(io);
+        const since = opts.since
+          ? new Date(Date.now() - parseDuration(opts.since, '--since') * 1000).toISOString()
+          : undefined;
+        const events = await broker.audit({
+          ...(since ? { since } : {}),
+          limit: Number(opts.limit),
+        });
+        broker.close();
+        if (opts.json) printJson(io, { events });
+        else
+          for (const e of events)
+            io.stdout.write(
+              `${e.at} ${e.outcome.padEnd(7)} ${e.action} ${e.target ?? '-'} by ${e.actor ?? 'broker'}${e.count > 1 ? ` ×${e.count}` : ''}\n`,
+            );
+        return 0;
+      }),
+    );
+}

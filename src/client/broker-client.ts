@@ -1,0 +1,359 @@
+/**
+ * BrokerClient: the typed HTTP API client. It pins the broker CA (never disables verification),
+ * keeps secrets out of URLs, and rebuilds API errors as BrokerError with the same `code` and
+ * `requestId`, so `err.code === 'service_not_found'` works across the wire.
+ */
+import { request as httpsRequest, Agent } from 'node:https';
+import { BrokerError, isErrorCode } from '../protocol/errors.js';
+import { parseServiceRef, type ServiceRef } from '../protocol/names.js';
+import type {
+  AuditEvent,
+  CreateTokenResponse,
+  Health,
+  LoadRequest,
+  LoadResponse,
+  Principal,
+  QueryResponse,
+  RegisterRequest,
+  RegisterResponse,
+  Role,
+  Service,
+  TokenInfo,
+  VerifyResponse,
+  WhoAmI,
+} from '../protocol/types.js';
+import { discoverCredentials, type Credentials, type DiscoverOptions } from './credentials.js';
+
+export interface BrokerClientOptions extends DiscoverOptions {
+  /** Per-request timeout. */
+  timeoutMs?: number;
+}
+
+export interface KeyInfo {
+  keyId: string;
+  principal: string;
+  createdAt: string;
+  expiresAt: string;
+  once: boolean;
+  lastUsedAt: string | null;
+}
+
+/**
+ * @example
+ * ```ts
+ * const broker = new BrokerClient();            // discovers url, token and CA
+ * const { key, service } = await broker.load('alice/viz');
+ * ```
+ */
+export class BrokerClient {
+  readonly credentials: Credentials;
+  private readonly agent: Agent | undefined;
+  private readonly timeoutMs: number;
+  private owner: Promise<string> | null = null;
+
+  constructor(opts: BrokerClientOptions = {}) {
+    this.credentials = discoverCredentials(opts);
+    this.timeoutMs = opts.timeoutMs ?? 10_000;
+    this.agent = this.credentials.ca
+      ? new Agent({ ca: this.credentials.ca, keepAlive: true, minVersion: 'TLSv1.2' })
+      : undefined;
+  }
+
+  get url(): string | undefined {
+    return this.credentials.url;
+  }
+
+  /** Release pooled connections. */
+  close(): void {
+    this.agent?.destroy();
+  }
+
+  /** Low-level request; `path` starts with /v1. Public so tools can reach routes without a wrapper. */
+  async request<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    opts: { auth?: boolean; raw?: boolean } = {},
+  ): Promise<T> {
+    const { url, token, ca } = this.credentials;
+    if (!url) {
+      throw new BrokerError(
+        'unreachable',
+        'no broker URL: set BROKER_URL, write ~/.config/broker/credentials.json, or start `broker serve`',
+      );
+    }
+    if (!ca || !this.agent) {
+      throw new BrokerError(
+        'unreachable',
+        'no broker CA to pin: set BROKER_CA to the CA file (broker ca --out FILE) or use a credentials file',
+      );
+    }
+    if (opts.auth !== false && !token) {
+      throw new BrokerError(
+        'unauthenticated',
+        'no token: set BROKER_TOKEN or write ~/.config/broker/credentials.json',
+      );
+    }
+    const target = new URL(path, url);
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers: Record<string, string> = { Accept: 'application/json' };
+    if (opts.auth !== false) headers.Authorization = `Bearer ${token}`;
+    if (payload !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      headers['Content-Length'] = String(Buffer.byteLength(payload));
+    }
+    return new Promise<T>((resolve, reject) => {
+      const req = httpsRequest(
+        target,
+        { method, headers, agent: this.agent, timeout: this.timeoutMs },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', (err) =>
+            reject(
+              new BrokerError('unreachable', `connection to ${url} failed: ${err.message}`, {
+                cause: err,
+              }),
+            ),
+          );
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            const status = res.statusCode ?? 0;
+            if (status >= 200 && status < 300) {
+              if (opts.raw) return resolve(text as T);
+              if (status === 204 || text === '') return resolve(undefined as T);
+              try {
+                return resolve(JSON.parse(text) as T);
+              } catch {
+                return reject(
+                  new BrokerError(
+                    'internal',
+                    `the broker answered ${status} with a body that is not JSON`,
+                  ),
+                );
+              }
+            }
+            reject(errorFromResponse(status, text, res.headers['retry-after']));
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
+      req.on('error', (err: NodeJS.ErrnoException) => reject(transportError(url, err)));
+      req.end(payload);
+    });
+  }
+
+  /** Resolve `owner/name` or a bare `name` (the caller's own service). */
+  async ref(ref: string): Promise<ServiceRef> {
+    if (!ref.includes('/')) {
+      this.owner ??= this.whoami().then((w) =>
+        w.kind === 'principal' ? w.principal.name : w.service.owner,
+      );
+      this.owner.catch(() => (this.owner = null));
+    }
+    const parsed = parseServiceRef(ref, ref.includes('/') ? undefined : await this.owner!);
+    if (!parsed)
+      throw new BrokerError(
+        'validation_failed',
+        `not a valid service name: ${JSON.stringify(ref).slice(0, 80)}`,
+      );
+    return parsed;
+  }
+
+  private async servicePath(ref: string, suffix = ''): Promise<string> {
+    const { owner, name } = await this.ref(ref);
+    return `/v1/services/${owner}/${name}${suffix}`;
+  }
+
+  health(): Promise<Health> {
+    return this.request('GET', '/v1/health', undefined, { auth: false });
+  }
+
+  /** The CA certificate PEM as the broker serves it. */
+  caPem(): Promise<string> {
+    return this.request('GET', '/v1/ca', undefined, { auth: false, raw: true });
+  }
+
+  whoami(): Promise<WhoAmI> {
+    return this.request('GET', '/v1/whoami');
+  }
+
+  /**
+   * Register a service; the response holds the service token, shown once.
+   * @example
+   * ```ts
+   * const { service, serviceToken } = await broker.register({ name: 'viz', tunnel: 'none' });
+   * ```
+   */
+  register(req: RegisterRequest): Promise<RegisterResponse> {
+    return this.request('POST', '/v1/services', req);
+  }
+
+  /** One page of services visible to the caller. */
+  query(opts: { match?: string; limit?: number; cursor?: string } = {}): Promise<QueryResponse> {
+    const q = new URLSearchParams();
+    if (opts.match) q.set('match', opts.match);
+    if (opts.limit) q.set('limit', String(opts.limit));
+    if (opts.cursor) q.set('cursor', opts.cursor);
+    const qs = q.toString();
+    return this.request('GET', `/v1/services${qs ? '?' + qs : ''}`);
+  }
+
+  /** Every service visible to the caller, following cursors. */
+  async queryAll(opts: { match?: string } = {}): Promise<Service[]> {
+    const all: Service[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.query({ ...opts, limit: 1000, cursor });
+      all.push(...page.services);
+      cursor = page.nextCursor;
+    } while (cursor);
+    return all;
+  }
+
+  async get(ref: string): Promise<Service> {
+    return (await this.request<{ service: Service }>('GET', await this.servicePath(ref))).service;
+  }
+
+  async unregister(ref: string): Promise<void> {
+    await this.request('DELETE', await this.servicePath(ref));
+  }
+
+  async ready(ref: string): Promise<Service> {
+    return (
+      await this.request<{ service: Service }>('POST', await this.servicePath(ref, '/ready'), {})
+    ).service;
+  }
+
+  async heartbeat(ref: string): Promise<Service> {
+    return (
+      await this.request<{ service: Service }>(
+        'POST',
+        await this.servicePath(ref, '/heartbeat'),
+        {},
+      )
+    ).service;
+  }
+
+  /** Mint a client key for a service (the key is shown once). */
+  async load(ref: string, opts: LoadRequest = {}): Promise<LoadResponse> {
+    return this.request('POST', await this.servicePath(ref, '/keys'), opts);
+  }
+
+  async listKeys(ref: string): Promise<KeyInfo[]> {
+    return (await this.request<{ keys: KeyInfo[] }>('GET', await this.servicePath(ref, '/keys')))
+      .keys;
+  }
+
+  async revokeKey(keyId: string): Promise<void> {
+    await this.request('DELETE', `/v1/keys/${encodeURIComponent(keyId)}`);
+  }
+
+  /** Check a client key with the service token of the service it was presented to. */
+  verify(key: string): Promise<VerifyResponse> {
+    return this.request('POST', '/v1/verify', { key });
+  }
+
+  async listPrincipals(): Promise<Principal[]> {
+    return (await this.request<{ principals: Principal[] }>('GET', '/v1/principals')).principals;
+  }
+
+  createPrincipal(
+    name: string,
+    role: Role = 'user',
+  ): Promise<{ principal: Principal; token: string }> {
+    return this.request('POST', '/v1/principals', { name, role });
+  }
+
+  async updatePrincipal(
+    name: string,
+    patch: { role?: Role; disabled?: boolean },
+  ): Promise<Principal> {
+    return (
+      await this.request<{ principal: Principal }>(
+        'PATCH',
+        `/v1/principals/${encodeURIComponent(name)}`,
+        patch,
+      )
+    ).principal;
+  }
+
+  async removePrincipal(name: string): Promise<void> {
+    await this.request('DELETE', `/v1/principals/${encodeURIComponent(name)}`);
+  }
+
+  async listTokens(principal: string): Promise<TokenInfo[]> {
+    return (
+      await this.request<{ tokens: TokenInfo[] }>(
+        'GET',
+        `/v1/principals/${encodeURIComponent(principal)}/tokens`,
+      )
+    ).tokens;
+  }
+
+  createToken(
+    principal: string,
+    opts: { label?: string; ttlSeconds?: number } = {},
+  ): Promise<CreateTokenResponse> {
+    return this.request('POST', `/v1/principals/${encodeURIComponent(principal)}/tokens`, opts);
+  }
+
+  async revokeToken(tokenId: string): Promise<void> {
+    await this.request('DELETE', `/v1/tokens/${encodeURIComponent(tokenId)}`);
+  }
+
+  async audit(opts: { since?: string; limit?: number } = {}): Promise<AuditEvent[]> {
+    const q = new URLSearchParams();
+    if (opts.since) q.set('since', opts.since);
+    if (opts.limit) q.set('limit', String(opts.limit));
+    const qs = q.toString();
+    return (await this.request<{ events: AuditEvent[] }>('GET', `/v1/audit${qs ? '?' + qs : ''}`))
+      .events;
+  }
+}
+
+function errorFromResponse(
+  status: number,
+  text: string,
+  retryAfter: string | undefined,
+): BrokerError {
+  let body: {
+    error?: { code?: unknown; message?: unknown; details?: unknown };
+    requestId?: unknown;
+  } = {};
+  try {
+    body = JSON.parse(text) as typeof body;
+  } catch {
+    /* not JSON: fall through */
+  }
+  const code = isErrorCode(body.error?.code)
+    ? body.error.code
+    : status >= 500
+      ? 'internal'
+      : 'bad_request';
+  const message = typeof body.error?.message === 'string' ? body.error.message : `HTTP ${status}`;
+  const err = new BrokerError(code, message, { details: body.error?.details });
+  if (typeof body.requestId === 'string') err.requestId = body.requestId;
+  if (retryAfter) err.retryAfterSeconds = Number(retryAfter);
+  return err;
+}
+
+const TLS_CODES = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+function transportError(url: string, err: NodeJS.ErrnoException): BrokerError {
+  const code = err.code ?? '';
+  let hint = 'is `broker serve` running, and is BROKER_URL right?';
+  if (TLS_CODES.has(code))
+    hint =
+      'the broker certificate does not match the pinned CA; fetch the right one with `broker ca`';
+  return new BrokerError('unreachable', `cannot reach ${url} (${code || err.message}): ${hint}`, {
+    cause: err,
+  });
+}

@@ -1,0 +1,4 @@
+/** The client SDK: talk to the broker (BrokerClient) with the shared discovery and error types. */
+export { BrokerClient, type BrokerClientOptions, type KeyInfo } from './broker-client.js';
+export { discoverCredentials, type Credentials, type DiscoverOptions } from './credentials.js';
+export * from '../protocol/index.js';

@@ -1,0 +1,5 @@
+export * from './errors.js';
+export * from './names.js';
+export * from './tokens.js';
+export * from './types.js';
+export * from './constants.js';
