@@ -46,13 +46,14 @@ export class Authenticator {
     const digest = hashSecret(secret);
     if (kind === 'service') {
       const service = this.store.findServiceByTokenHash(digest);
-      if (service && digestMatches(service.tokenHash, digest)) return { kind: 'service', service };
+      // Compare first, unconditionally: unknown tokens take the same path (KEY-3).
+      if (digestMatches(service?.tokenHash, digest) && service) return { kind: 'service', service };
     } else if (kind === 'user') {
       const token = this.store.findTokenByHash(digest);
       const now = this.clock.now();
       if (
+        digestMatches(token?.hash, digest) &&
         token &&
-        digestMatches(token.hash, digest) &&
         token.revokedAt === null &&
         (token.expiresAt === null || token.expiresAt > now)
       ) {

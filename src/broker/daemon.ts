@@ -6,7 +6,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import type { Server as HttpsServer } from 'node:https';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createLogger } from './logger.js';
 import { PRINCIPAL_RE } from '../protocol/names.js';
 import { AuditLog } from './audit.js';
 import { Authenticator } from './auth.js';
@@ -56,6 +57,8 @@ export interface Broker {
   readonly config: Config;
   readonly store: Store;
   readonly log: Logger;
+  /** Write buffered log lines now (fatal paths). */
+  flushLog(): void;
   readonly credentialsPath: string;
   readonly caCertPem: string;
   /** Stop accepting, drain in-flight requests (up to `graceMs`), flush and close. */
@@ -80,7 +83,9 @@ function urlHost(host: string): string {
 export async function createBroker(opts: BrokerOptions): Promise<Broker> {
   const { config } = opts;
   const clock = opts.clock ?? systemClock;
-  const log = opts.log ?? pino({ level: config.logLevel, base: { pid: process.pid } });
+  const own = opts.log ? null : createLogger(config.logLevel);
+  const log = opts.log ?? own!.log;
+  const flushLog = () => own?.flush();
 
   const dir = StateDir.open(config.dataDir);
   const lock = await dir.lock();
@@ -170,6 +175,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       log,
       openapi: loadOpenApi(),
       health: () => ({}),
+      flushAudit: () => audit.flush(),
     });
     const server: HttpsServer = createHttpsServer(
       config,
@@ -217,6 +223,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     renewTimer.unref();
 
     log.info({ url, credentials: credentialsPath, version: VERSION }, 'broker ready');
+    flushLog();
 
     let closing: Promise<void> | null = null;
     return {
@@ -224,6 +231,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       config,
       store,
       log,
+      flushLog,
       credentialsPath,
       caCertPem: ca.caCertPem,
       close(graceMs = 10_000) {
@@ -240,11 +248,13 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
           store.close();
           lock.close();
           log.info('broker stopped');
+          own?.close();
         })();
         return closing;
       },
     };
   } catch (err) {
+    own?.close();
     for (const close of closers) {
       try {
         close();

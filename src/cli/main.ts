@@ -5,13 +5,39 @@
 import { Command, CommanderError } from 'commander';
 import type { Io } from './io.js';
 import { EXIT, printError } from './util.js';
-import * as serve from './commands/serve.js';
-import * as register from './commands/register.js';
-import * as load from './commands/load.js';
-import * as verify from './commands/verify.js';
-import * as services from './commands/services.js';
-import * as admin from './commands/admin.js';
-import * as status from './commands/status.js';
+
+type CommandModule = { define(program: Command, action: Action): void };
+
+/**
+ * Where each command is defined. Only the invoked command's module is loaded (a CLI process pays
+ * for every module it imports before it does anything: PERFORMANCE.md fact 6); help and unknown
+ * commands load them all.
+ */
+const MODULES: Record<string, () => Promise<CommandModule>> = {
+  serve: () => import('./commands/serve.js'),
+  register: () => import('./commands/register.js'),
+  load: () => import('./commands/load.js'),
+  verify: () => import('./commands/verify.js'),
+  services: () => import('./commands/services.js'),
+  admin: () => import('./commands/admin.js'),
+  status: () => import('./commands/status.js'),
+};
+const MODULE_OF: Record<string, string> = {
+  serve: 'serve',
+  register: 'register',
+  load: 'load',
+  verify: 'verify',
+  query: 'services',
+  unregister: 'services',
+  ready: 'services',
+  heartbeat: 'services',
+  keys: 'services',
+  user: 'admin',
+  token: 'admin',
+  ca: 'status',
+  status: 'status',
+  audit: 'status',
+};
 
 /** Wraps a command body: its return value is the exit code; errors print one line. */
 /* eslint-disable @typescript-eslint/no-explicit-any -- commander passes untyped arguments */
@@ -54,8 +80,9 @@ Credentials: --token/env BROKER_URL, BROKER_TOKEN, BROKER_CA (path), ~/.config/b
 then the local daemon's <state dir>/credentials.json. Exit codes: 0 ok, 1 negative answer,
 2 usage error, 3 broker unreachable or TLS failure.`,
     );
-  for (const mod of [serve, register, load, verify, services, admin, status])
-    mod.define(program, action);
+  const only = MODULE_OF[argv[0] ?? ''];
+  const names = only ? [only] : Object.keys(MODULES);
+  for (const mod of await Promise.all(names.map((n) => MODULES[n]!()))) mod.define(program, action);
   for (const cmd of program.commands) {
     cmd.exitOverride();
     for (const sub of cmd.commands) sub.exitOverride();

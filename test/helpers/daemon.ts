@@ -5,7 +5,14 @@
  * database (KEY-2, LOG-1).
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, createWriteStream, existsSync, readdirSync } from 'node:fs';
+import {
+  mkdtempSync,
+  readFileSync,
+  writeFileSync,
+  createWriteStream,
+  existsSync,
+  readdirSync,
+} from 'node:fs';
 import { request, Agent } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -85,7 +92,10 @@ export class Daemon {
       ...(this.opts.portRange ? ['--port-range', this.opts.portRange] : []),
       ...(this.opts.extraArgs ?? []),
     ];
-    this.proc = spawn(process.execPath, args, { env: { ...this.env(), ...this.opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = spawn(process.execPath, args, {
+      env: { ...this.env(), ...this.opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const log = createWriteStream(this.logPath, { flags: 'a' });
     this.proc.stdout!.pipe(log);
     this.proc.stderr!.pipe(log);
@@ -93,7 +103,10 @@ export class Daemon {
     const ready = await new Promise<{ url: string; credentials: string }>((res, rej) => {
       let buf = '';
       let err = '';
-      const timer = setTimeout(() => rej(new Error(`daemon did not start in 20 s:\n${buf}\n${err}`)), 20_000);
+      const timer = setTimeout(
+        () => rej(new Error(`daemon did not start in 20 s:\n${buf}\n${err}`)),
+        20_000,
+      );
       this.proc.stderr!.on('data', (c: Buffer) => (err += c.toString()));
       this.proc.stdout!.on('data', (c: Buffer) => {
         buf += c.toString();
@@ -108,7 +121,11 @@ export class Daemon {
         rej(new Error(`daemon exited with ${code} before it was ready:\n${buf}\n${err}`));
       });
     });
-    const creds = JSON.parse(readFileSync(ready.credentials, 'utf8')) as { url: string; token: string; ca: string };
+    const creds = JSON.parse(readFileSync(ready.credentials, 'utf8')) as {
+      url: string;
+      token: string;
+      ca: string;
+    };
     this.url = ready.url;
     this.adminToken = creds.token;
     this.ca = creds.ca;
@@ -121,7 +138,12 @@ export class Daemon {
   api<T = any>(
     method: string,
     path: string,
-    opts: { token?: string | null; body?: unknown; raw?: Buffer | string; headers?: Record<string, string> } = {},
+    opts: {
+      token?: string | null;
+      body?: unknown;
+      raw?: Buffer | string;
+      headers?: Record<string, string>;
+    } = {},
   ): Promise<ApiResponse<T>> {
     const headers: Record<string, string> = { ...(opts.headers ?? {}) };
     const token = opts.token === undefined ? this.adminToken : opts.token;
@@ -202,11 +224,20 @@ export function runCli(
   input?: string,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((res) => {
-    const child = execFile(process.execPath, [BIN, ...args], { env, timeout: 30_000 }, (err, stdout, stderr) => {
-      recordSecrets(stdout);
-      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
-      res({ code, stdout, stderr });
-    });
+    const child = execFile(
+      process.execPath,
+      [BIN, ...args],
+      { env, timeout: 30_000 },
+      (err, stdout, stderr) => {
+        recordSecrets(stdout);
+        const code = err
+          ? typeof (err as { code?: unknown }).code === 'number'
+            ? (err as { code: number }).code
+            : 1
+          : 0;
+        res({ code, stdout, stderr });
+      },
+    );
     child.stdin!.end(input ?? '');
   });
 }

@@ -34,6 +34,9 @@ describe('error catalogue', () => {
   it('BrokerError carries code, status and the wire shape', () => {
     const e = new BrokerError('service_not_found', 'no service a/b');
     expect(e.status).toBe(404);
-    expect(e.toJSON('r1')).toEqual({ error: { code: 'service_not_found', message: 'no service a/b' }, requestId: 'r1' });
+    expect(e.toJSON('r1')).toEqual({
+      error: { code: 'service_not_found', message: 'no service a/b' },
+      requestId: 'r1',
+    });
   });
 });

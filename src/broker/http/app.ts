@@ -6,7 +6,7 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { BrokerError } from '../../protocol/errors.js';
 import { MAX_BODY_BYTES } from '../../protocol/constants.js';
-import { Authenticator } from '../auth.js';
+import { Authenticator, type Identity } from '../auth.js';
 import {
   logAccess,
   sendError,
@@ -69,6 +69,34 @@ export function isJson(contentType: string | undefined): boolean {
   return !charset || charset === 'charset=utf-8' || charset === 'charset="utf-8"';
 }
 
+/**
+ * Checks on a request's body headers, before anything else looks at it (both pipelines): a body
+ * must be `application/json` in UTF-8 and not content-encoded (no gzip bombs).
+ */
+export function checkBodyHeaders(req: {
+  method?: string;
+  headers: Record<string, string | string[] | undefined>;
+}): BrokerError | null {
+  if (!hasBody(req)) return null;
+  const enc = req.headers['content-encoding'];
+  if (enc !== undefined && enc !== 'identity') {
+    return new BrokerError(
+      'unsupported_media_type',
+      'content-encoded bodies are not accepted; send plain JSON',
+    );
+  }
+  if (
+    (req.method === 'POST' || req.method === 'PATCH' || req.method === 'PUT') &&
+    !isJson(req.headers['content-type'] as string | undefined)
+  ) {
+    return new BrokerError(
+      'unsupported_media_type',
+      'request body must be Content-Type: application/json',
+    );
+  }
+  return null;
+}
+
 export function createApp(deps: AppDeps): express.Express {
   const app = express();
   app.disable('x-powered-by');
@@ -88,36 +116,34 @@ export function createApp(deps: AppDeps): express.Express {
         ),
       );
     }
-    if (
-      (req.method === 'POST' || req.method === 'PATCH' || req.method === 'PUT') &&
-      hasBody(req) &&
-      !isJson(req.headers['content-type'])
-    ) {
-      return next(
-        new BrokerError(
-          'unsupported_media_type',
-          'request body must be Content-Type: application/json',
-        ),
-      );
-    }
+    const bad = checkBodyHeaders(req);
+    if (bad) return next(bad);
     next();
   });
-  app.use(express.json({ limit: MAX_BODY_BYTES, strict: true, type: () => true }));
+  // Bodies are parsed per route, after authentication: unauthenticated callers never get their
+  // bodies read (the verify fast path does the same, in the same order).
+  const json = express.json({
+    limit: MAX_BODY_BYTES,
+    strict: true,
+    inflate: false,
+    type: () => true,
+  });
+  const authenticate = (req: Request, res: Response, next: NextFunction) => {
+    const identity = deps.auth.authenticate(Authenticator.bearer(req.headers.authorization));
+    res.locals.identity = identity;
+    (res.locals.meta as RequestMeta).fields.actor =
+      identity.kind === 'principal' ? identity.principal.name : `service:${identity.service.id}`;
+    next();
+  };
 
   const methodsByPath = new Map<string, string[]>();
   for (const route of ROUTES) {
     methodsByPath.set(route.path, [...(methodsByPath.get(route.path) ?? []), route.method]);
     const method = route.method.toLowerCase() as 'get' | 'post' | 'patch' | 'delete';
-    app[method](route.path, async (req: Request, res: Response) => {
+    const chain = route.auth ? [authenticate, json] : [json];
+    app[method](route.path, ...chain, async (req: Request, res: Response) => {
       const meta = res.locals.meta as RequestMeta;
-      const identity = route.auth
-        ? deps.auth.authenticate(Authenticator.bearer(req.headers.authorization))
-        : undefined;
-      if (identity)
-        meta.fields.actor =
-          identity.kind === 'principal'
-            ? identity.principal.name
-            : `service:${identity.service.id}`;
+      const identity = res.locals.identity as Identity | undefined;
       const reply = await route.handler(
         {
           req,

@@ -21,6 +21,8 @@ export interface AppDeps {
   /** The OpenAPI document served at /v1/openapi.json (null: not shipped). */
   openapi: unknown;
   health: () => Record<string, unknown>;
+  /** Write buffered audit events (before reading the audit table). */
+  flushAudit: () => void;
 }
 
 export interface Ctx {

@@ -2,6 +2,7 @@
 import { z } from 'zod';
 import { BrokerError } from '../../protocol/errors.js';
 import { GLOB_RE, PRINCIPAL_RE, SERVICE_NAME_RE } from '../../protocol/names.js';
+import { MAX_KEY_LINE_BYTES } from '../../protocol/constants.js';
 
 const labelKey = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,62}$/);
 const seconds = z.number().int().min(60);
@@ -26,7 +27,7 @@ export const LoadBody = z
   .object({ ttlSeconds: seconds.optional(), once: z.boolean().optional() })
   .strict();
 
-export const VerifyBody = z.object({ key: z.string().max(256) }).strict();
+export const VerifyBody = z.object({ key: z.string().max(MAX_KEY_LINE_BYTES) }).strict();
 
 export const EmptyBody = z.object({}).strict();
 

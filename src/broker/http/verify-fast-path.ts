@@ -7,10 +7,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.js';
-import { MAX_BODY_BYTES } from '../../protocol/constants.js';
+import { MAX_BODY_BYTES, MAX_KEY_LINE_BYTES } from '../../protocol/constants.js';
 import { Authenticator } from '../auth.js';
 import type { KeyService } from '../keys.js';
-import { hasBody, isJson } from './app.js';
+import { checkBodyHeaders } from './app.js';
 import {
   logAccess,
   sendError,
@@ -48,19 +48,30 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
   });
 }
 
+/** Parse like express.json({strict: true}): empty → {}, only objects and arrays, else 400. */
 function parseVerifyBody(raw: Buffer): string {
-  let body: unknown;
-  try {
-    body = JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw new BrokerError('bad_request', 'request body is not valid JSON');
+  let body: unknown = {};
+  if (raw.length > 0) {
+    const text = raw.toString('utf8');
+    const first = /^[ \t\n\r]*(.)/.exec(text)?.[1];
+    try {
+      if (first !== '{' && first !== '[') throw new Error('not an object');
+      body = JSON.parse(text);
+    } catch {
+      throw new BrokerError('bad_request', 'request body is not valid JSON');
+    }
   }
   if (typeof body !== 'object' || body === null || Array.isArray(body)) {
     throw new BrokerError('validation_failed', 'invalid body: expected an object {"key": "bkk_…"}');
   }
   const keys = Object.keys(body);
   const key = (body as { key?: unknown }).key;
-  if (keys.length !== 1 || keys[0] !== 'key' || typeof key !== 'string' || key.length > 256) {
+  if (
+    keys.length !== 1 ||
+    keys[0] !== 'key' ||
+    typeof key !== 'string' ||
+    key.length > MAX_KEY_LINE_BYTES
+  ) {
     throw new BrokerError(
       'validation_failed',
       'invalid body: expected exactly {"key": "<client key>"}',
@@ -74,12 +85,8 @@ export function createVerifyHandler(deps: { auth: Authenticator; keys: KeyServic
     const meta = startRequest(res);
     res.on('finish', () => logAccess(deps.log, req, res, meta));
     try {
-      if (hasBody(req) && !isJson(req.headers['content-type'])) {
-        throw new BrokerError(
-          'unsupported_media_type',
-          'request body must be Content-Type: application/json',
-        );
-      }
+      const bad = checkBodyHeaders(req);
+      if (bad) throw bad;
       const identity = deps.auth.authenticate(Authenticator.bearer(req.headers.authorization));
       if (identity.kind === 'service') meta.fields.actor = `service:${identity.service.id}`;
       const key = parseVerifyBody(await readBody(req));

@@ -69,6 +69,7 @@ SIGTERM or Ctrl-C drains requests and exits 0.`,
             { err },
             'uncaught exception: exiting so a supervisor restarts a clean process',
           );
+          b.flushLog();
           process.exit(70);
         });
         await new Promise<void>((resolve) => {

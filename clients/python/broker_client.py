@@ -1,0 +1,311 @@
+"""Python client for the session broker (stdlib only, Python >= 3.9).
+
+Talks to the broker's HTTPS JSON API (``/v1``) with bearer-token auth, pinning the broker's own CA:
+the TLS context trusts that CA and nothing else, checks the host name and never disables
+verification. Secrets (user/service tokens, client keys) only ever travel in a header or a JSON
+body -- never in a URL -- and this module never logs anything.
+
+Typical use::
+
+    from broker_client import BrokerClient, BrokerError
+
+    client = BrokerClient()                    # credentials discovered as the CLI does
+    reg = client.register("viz", tunnel="none")
+    svc = client.with_token(reg["serviceToken"])   # what the server process uses
+    svc.ready("viz")
+    key = client.load("viz")["key"]
+    assert svc.is_valid(key)
+"""
+
+import http.client
+import json
+import os
+import ssl
+import urllib.parse
+
+__all__ = ["BrokerClient", "BrokerError", "discover_credentials"]
+__version__ = "0.1.0"
+
+# Fallback codes when an error response has no parsable body (e.g. a proxy in between).
+_STATUS_CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "payload_too_large",
+                 415: "unsupported_media_type", 429: "rate_limited"}
+
+
+class BrokerError(Exception):
+    """An API error (``code`` from the broker's catalogue) or ``code == "unreachable"``.
+
+    Attributes: ``code`` (stable string to branch on), ``status`` (HTTP status, 0 when
+    unreachable), ``message``, ``request_id`` (or None), ``retry_after`` (seconds, rate_limited
+    only, else None) and ``details`` (validation details or None).
+    """
+
+    def __init__(self, code, message, status=0, request_id=None, retry_after=None, details=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.details = details
+
+    def __str__(self):
+        extra = f" (HTTP {self.status}" + (f", request {self.request_id})" if self.request_id else ")")
+        return f"{self.code}: {self.message}" + (extra if self.status else "")
+
+
+def _nonempty(value):
+    return value if value else None
+
+
+def _read_json_file(path):
+    """The JSON object in ``path``, or None when the file does not exist."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read broker credentials {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"broker credentials {path}: not a JSON object")
+    return data
+
+
+def _credential_files():
+    """The two credentials.json paths of the discovery order: user config, then daemon state."""
+    home = os.path.expanduser("~")
+    config = _nonempty(os.environ.get("XDG_CONFIG_HOME")) or os.path.join(home, ".config")
+    state = _nonempty(os.environ.get("BROKER_DATA")) or os.path.join(
+        _nonempty(os.environ.get("XDG_STATE_HOME")) or os.path.join(home, ".local", "state"), "broker")
+    return [os.path.join(config, "broker", "credentials.json"), os.path.join(state, "credentials.json")]
+
+
+def _ca_pem_file(path):
+    with open(os.path.expanduser(path), encoding="ascii") as f:
+        return f.read()
+
+
+def _ca_pem(ca):
+    """A CA given as PEM text/bytes or as a path to a PEM file -> PEM text."""
+    if isinstance(ca, bytes):
+        ca = ca.decode("ascii")
+    return ca if "-----BEGIN" in ca else _ca_pem_file(ca)
+
+
+def discover_credentials(url=None, token=None, ca=None):
+    """Resolve ``url``, ``token`` and the CA PEM, each on its own; the first hit wins.
+
+    Order: explicit argument -> env ``BROKER_URL`` / ``BROKER_TOKEN`` / ``BROKER_CA`` (a path to a
+    PEM file) -> ``$XDG_CONFIG_HOME/broker/credentials.json`` (default ``~/.config/...``) ->
+    ``<state dir>/credentials.json`` with state dir ``$BROKER_DATA`` or ``$XDG_STATE_HOME/broker``
+    (default ``~/.local/state/broker``). In the files ``ca`` is a PEM string. An explicit ``ca``
+    may be PEM text or a path. Returns ``{"url", "token", "ca_pem"}``; unresolved fields are None.
+    """
+    found = {"url": _nonempty(url), "token": _nonempty(token),
+             "ca_pem": _ca_pem(ca) if ca else None}
+    env = {"url": "BROKER_URL", "token": "BROKER_TOKEN", "ca_pem": "BROKER_CA"}
+    for field, var in env.items():
+        value = _nonempty(os.environ.get(var))
+        if found[field] is None and value:
+            found[field] = _ca_pem_file(value) if field == "ca_pem" else value
+    for path in _credential_files():
+        if all(v is not None for v in found.values()):
+            break
+        data = _read_json_file(path) or {}
+        for field, key in (("url", "url"), ("token", "token"), ("ca_pem", "ca")):
+            if found[field] is None and isinstance(data.get(key), str) and data[key]:
+                found[field] = data[key]
+    return found
+
+
+class BrokerClient:
+    """A client of one broker. Missing arguments are found by :func:`discover_credentials`.
+
+    ``ca`` may be PEM text or a path. Raises ValueError when no URL or no CA can be found, or the
+    URL is not ``https``. Each call opens its own connection, so one client may be shared by
+    threads. HTTP proxies and redirects are never followed.
+    """
+
+    def __init__(self, url=None, token=None, ca=None, timeout=10.0):
+        creds = discover_credentials(url, token, ca)
+        if not creds["url"]:
+            raise ValueError("no broker URL: pass url= or set BROKER_URL (or run `broker serve`)")
+        if not creds["ca_pem"]:
+            raise ValueError("no broker CA: pass ca= or set BROKER_CA to the CA PEM file")
+        parts = urllib.parse.urlsplit(creds["url"])
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"broker URL must be https://HOST:PORT, got {creds['url']!r}")
+        self.url = f"https://{parts.netloc}"
+        self._host, self._port = parts.hostname, parts.port or 443
+        self._token = creds["token"]
+        self._ca_pem = creds["ca_pem"]
+        self.timeout = timeout
+        self._ctx = self.ssl_context()
+        self._owner = None
+
+    def __repr__(self):
+        return f"BrokerClient(url={self.url!r})"
+
+    def with_token(self, token):
+        """A client of the same broker (same URL, CA, timeout) authenticating with ``token`` --
+        e.g. the ``serviceToken`` of a register response, for the server process."""
+        return BrokerClient(self.url, token, self._ca_pem, self.timeout)
+
+    def ssl_context(self):
+        """A new client SSLContext trusting only the broker CA (TLS >= 1.2, host names checked).
+        Use it to reach ``https`` services whose certificates the broker issued."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self._ca_pem)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    # -- transport -----------------------------------------------------------------------------
+
+    def request(self, method, path, body=None, auth=True):
+        """Send one API request; ``path`` starts with ``/v1/``. Returns the decoded JSON body (None
+        for 204). Raises :class:`BrokerError`. Public as an escape hatch for routes without a
+        method here (e.g. ``/v1/principals``)."""
+        headers = {"Accept": "application/json", "User-Agent": f"broker-client-python/{__version__}"}
+        if auth and self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                           context=self._ctx)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except ssl.SSLCertVerificationError as e:
+            raise BrokerError("unreachable", f"TLS verification of {self.url} failed: "
+                              f"{e.verify_message or e.reason}") from None
+        except (OSError, http.client.HTTPException) as e:  # refused, timeout, TLS, reset, ...
+            raise BrokerError("unreachable", f"cannot reach broker at {self.url}: "
+                              f"{str(e) or type(e).__name__}") from None
+        finally:
+            conn.close()
+        request_id = resp.getheader("X-Request-Id")
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = None
+        if 200 <= resp.status < 300:
+            if resp.status != 204 and raw and payload is None:
+                raise BrokerError("internal", "broker sent a non-JSON response", resp.status, request_id)
+            return payload
+        err = payload.get("error") if isinstance(payload, dict) else None
+        if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+            err = {"code": _STATUS_CODES.get(resp.status, "internal"),
+                   "message": f"HTTP {resp.status} {resp.reason}"}
+        retry_after = None
+        if resp.getheader("Retry-After", "").strip().isdigit():
+            retry_after = int(resp.getheader("Retry-After").strip())
+        if isinstance(payload, dict) and isinstance(payload.get("requestId"), str):
+            request_id = payload["requestId"]
+        raise BrokerError(err["code"], str(err.get("message", "")), resp.status, request_id,
+                          retry_after, err.get("details"))
+
+    def _service_path(self, name, suffix=""):
+        """``/v1/services/{owner}/{name}{suffix}``; a bare name means the caller's own."""
+        owner, sep, svc = name.partition("/")
+        if not sep:
+            owner, svc = self.owner(), name
+        q = urllib.parse.quote
+        return f"/v1/services/{q(owner, safe='')}/{q(svc, safe='')}{suffix}"
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def health(self):
+        """``GET /v1/health`` (no auth) -> ``{"status": "ok", "version": ...}``."""
+        return self.request("GET", "/v1/health", auth=False)
+
+    def whoami(self):
+        """``GET /v1/whoami`` -> ``{"kind": "principal", "principal": {...}}`` or
+        ``{"kind": "service", "service": {...}}``."""
+        return self.request("GET", "/v1/whoami")
+
+    def owner(self):
+        """The owner bare service names resolve to: the principal's name, or the service's
+        owner for a service token. Looked up once per client."""
+        if self._owner is None:
+            me = self.whoami()
+            self._owner = me["principal"]["name"] if me.get("kind") == "principal" else me["service"]["owner"]
+        return self._owner
+
+    def register(self, name, mode="tcp", tunnel=None, host=None, port=None, ttl_seconds=None,
+                 labels=None, csr=None):
+        """Register service ``name`` (user token) -> the full response: ``{"service",
+        "serviceToken", "tls"?}``. ``tunnel`` defaults to ``"ssh"`` on the broker; ``port`` only
+        with ``tunnel="none"``. The service token is shown only here: keep it secret."""
+        body = {"name": name, "mode": mode}
+        for key, value in (("tunnel", tunnel), ("host", host), ("port", port),
+                           ("ttlSeconds", ttl_seconds), ("labels", labels), ("csr", csr)):
+            if value is not None:
+                body[key] = value
+        return self.request("POST", "/v1/services", body)
+
+    def load(self, name, ttl_seconds=None, once=False):
+        """Mint a client key for service ``name`` -> ``{"service", "key", "keyId", "expiresAt",
+        "once", "connect", ...}``. Raises ``service_not_ready`` until the service is ready."""
+        body = {}
+        if ttl_seconds is not None:
+            body["ttlSeconds"] = ttl_seconds
+        if once:
+            body["once"] = True
+        return self.request("POST", self._service_path(name, "/keys"), body)
+
+    def verify(self, key):
+        """Check a client key (service token only) -> ``{"valid": True, "principal", "keyId",
+        "expiresAt"}`` or ``{"valid": False}``. Any string up to 512 bytes (the longest key line
+        a gate accepts) gets an answer; transport, auth and rate-limit errors raise."""
+        if not isinstance(key, str) or not key:
+            return {"valid": False}
+        return self.request("POST", "/v1/verify", {"key": key})
+
+    def is_valid(self, key):
+        """True when :meth:`verify` says the key is valid for this service."""
+        return self.verify(key).get("valid") is True
+
+    def query(self, match=None, limit=None, page_size=100):
+        """Services visible to the caller, as a list, following ``nextCursor``. ``match`` is a
+        glob (``*``, ``?``) on the name, or on ``owner/name`` if it contains ``/``; ``limit`` caps
+        the total returned."""
+        services, cursor = [], None
+        while limit is None or len(services) < limit:
+            size = page_size if limit is None else min(page_size, limit - len(services))
+            params = {"limit": str(max(1, min(size, 1000)))}
+            if match is not None:
+                params["match"] = match
+            if cursor:
+                params["cursor"] = cursor
+            page = self.request("GET", "/v1/services?" + urllib.parse.urlencode(params))
+            services.extend(page.get("services", []))
+            cursor = page.get("nextCursor")
+            if not cursor:
+                break
+        return services if limit is None else services[:limit]
+
+    def get(self, name):
+        """The service object of ``name`` (``service_not_found`` if missing or not visible)."""
+        return self.request("GET", self._service_path(name))["service"]
+
+    def unregister(self, name):
+        """Remove service ``name`` and revoke all its keys (owner, admin or its service token)."""
+        self.request("DELETE", self._service_path(name))
+
+    def heartbeat(self, name):
+        """Extend the lease of ``name`` (service token) -> the service object."""
+        return self.request("POST", self._service_path(name, "/heartbeat"), {})["service"]
+
+    def ready(self, name):
+        """Confirm the server of ``name`` listens (service token) -> the service object. With
+        ``tunnel="none"`` the broker probes host:port: ``service_not_ready`` if nothing listens."""
+        return self.request("POST", self._service_path(name, "/ready"), {})["service"]
+
+    def revoke_key(self, key_id):
+        """Revoke a client key by its ``keyId`` (never by the key itself)."""
+        self.request("DELETE", "/v1/keys/" + urllib.parse.quote(key_id, safe=""))
