@@ -147,9 +147,10 @@ export class SqliteStore implements Store {
       serviceByToken: d.prepare('SELECT * FROM services WHERE token_hash = ?'),
       servicesOf: d.prepare('SELECT * FROM services WHERE owner = ?'),
       allServices: d.prepare('SELECT * FROM services ORDER BY owner, name'),
-      usedPorts: d
+      takenInRange: d
         .prepare(
-          'SELECT port FROM services WHERE port BETWEEN @min AND @max UNION SELECT port FROM port_cooldown WHERE until > @now AND port BETWEEN @min AND @max',
+          `SELECT (SELECT count(*) FROM services WHERE port BETWEEN @min AND @max)
+                + (SELECT count(*) FROM port_cooldown WHERE port BETWEEN @min AND @max AND until > @now)`,
         )
         .pluck(),
       portTaken: d
@@ -336,28 +337,29 @@ export class SqliteStore implements Store {
       .immediate();
   }
 
+  /**
+   * Next-fit from a cursor: one count for an instant 503 when the range is full, then point
+   * lookups, so the cost does not grow with the number of live services.
+   */
   private pickPort(policy: PortPolicy): number {
-    const used = new Set(this.stmts.usedPorts.all(policy) as number[]);
     const size = policy.max - policy.min + 1;
-    if (used.size >= size) {
-      throw new BrokerError(
+    const exhausted = () =>
+      new BrokerError(
         'port_range_exhausted',
-        `all ${size} ports in ${policy.min}-${policy.max} are taken or cooling down`,
+        `all ${size} ports in ${policy.min}-${policy.max} are taken or cooling down; try again later or ask an admin to widen --port-range`,
       );
-    }
-    if (this.portCursor < policy.min || this.portCursor > policy.max)
+    if ((this.stmts.takenInRange.get(policy) as number) >= size) throw exhausted();
+    if (this.portCursor < policy.min || this.portCursor > policy.max) {
       this.portCursor = policy.min + randomInt(size);
+    }
     for (let i = 0; i < size; i++) {
       const port = policy.min + ((this.portCursor - policy.min + i) % size);
-      if (!used.has(port)) {
+      if (!this.stmts.portTaken.get({ port, now: policy.now })) {
         this.portCursor = port + 1;
         return port;
       }
     }
-    throw new BrokerError(
-      'port_range_exhausted',
-      `all ${size} ports in ${policy.min}-${policy.max} are taken or cooling down`,
-    );
+    throw exhausted();
   }
 
   getService(owner: string, name: string): ServiceRow | null {
