@@ -137,9 +137,10 @@ export class PrincipalAdmin {
 
   /** Admins manage anyone's tokens; a principal manages its own. */
   private mayManage(id: Identity, principal: string): boolean {
-    return (
-      id.kind === 'principal' && (id.principal.role === 'admin' || id.principal.name === principal)
-    );
+    if (id.kind !== 'principal') {
+      throw new BrokerError('forbidden', 'a service token cannot manage user tokens');
+    }
+    return id.principal.role === 'admin' || id.principal.name === principal;
   }
 
   listTokens(id: Identity, principal: string): { tokens: TokenInfo[] } {

@@ -33,6 +33,10 @@ export const ERROR_CATALOGUE = {
     summary: 'The requested port is in use, cooling down or outside the range.',
   },
   payload_too_large: { status: 413, summary: 'The request body exceeds 16 KiB.' },
+  headers_too_large: {
+    status: 431,
+    summary: 'The request line and headers exceed 16 KiB.',
+  },
   unsupported_media_type: { status: 415, summary: 'The body is not application/json (UTF-8).' },
   rate_limited: {
     status: 429,

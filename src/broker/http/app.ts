@@ -30,7 +30,8 @@ export const ROUTES: readonly Route[] = [
   ...principalRoutes,
 ];
 
-const SECRET_IN_QUERY = /bk[usk]_/;
+/** A secret's prefix in a query string, raw or percent-encoded (`bku%5F…`). */
+const SECRET_IN_QUERY = /bk[usk](?:_|%5f)/i;
 
 /** Map body-parser failures to catalogue errors. */
 function bodyParserError(err: { type?: string }): BrokerError | null {
@@ -179,7 +180,12 @@ export function createApp(deps: AppDeps): express.Express {
   });
   app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
     const meta = (res.locals.meta as RequestMeta | undefined) ?? startRequest(res);
-    const mapped = err instanceof BrokerError ? err : bodyParserError(err as { type?: string });
+    const mapped =
+      err instanceof BrokerError
+        ? err
+        : err instanceof URIError
+          ? new BrokerError('bad_request', 'malformed percent-encoding in the request path')
+          : bodyParserError(err as { type?: string });
     sendError(res, mapped ?? toBrokerError(err, deps.log, meta), meta);
   });
   return app;

@@ -75,11 +75,36 @@ export const AuditParams = z
 export const NoParams = z.object({}).strict();
 
 /** Parse with a schema or throw 400 validation_failed with short, input-free details. */
+const POISON_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+/** The first key anywhere in `value` that could pollute a prototype, or null. */
+function poisonKey(value: unknown, depth = 0): string | null {
+  if (typeof value !== 'object' || value === null || depth > 32) return null;
+  for (const key of Object.keys(value)) {
+    if (POISON_KEYS.has(key)) return key;
+    const inner = poisonKey((value as Record<string, unknown>)[key], depth + 1);
+    if (inner) return inner;
+  }
+  return null;
+}
+
+/** Parse with a schema or throw 400 validation_failed with short, input-free details. */
 export function parse<T extends z.ZodType>(
   schema: T,
   input: unknown,
   where: 'body' | 'query',
 ): z.infer<T> {
+  // zod drops a `__proto__` key from records without a word; refuse such keys outright (COMP-4).
+  const poison = poisonKey(input);
+  if (poison) {
+    throw new BrokerError(
+      'validation_failed',
+      `invalid ${where}: the key ${poison} is not allowed`,
+      {
+        details: [{ path: where, message: `the key ${poison} is not allowed` }],
+      },
+    );
+  }
   const r = schema.safeParse(input ?? {});
   if (r.success) return r.data;
   const details = r.error.issues.slice(0, 10).map((i) => ({
@@ -89,7 +114,9 @@ export function parse<T extends z.ZodType>(
   throw new BrokerError(
     'validation_failed',
     `invalid ${where}: ${details[0]!.path}: ${details[0]!.message}`,
-    { details },
+    {
+      details,
+    },
   );
 }
 

@@ -3,7 +3,10 @@
  * and connection caps (NET-3). POST /v1/verify goes to the fast path, everything else to express.
  */
 import { createServer, type Server } from 'node:https';
-import type { RequestListener } from 'node:http';
+import { STATUS_CODES, type RequestListener } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { randomUUID } from 'node:crypto';
+import { BrokerError } from '../../protocol/errors.js';
 import type { Config } from '../config.js';
 import { VERIFY_PATH } from './verify-fast-path.js';
 
@@ -38,6 +41,26 @@ export function createHttpsServer(
   server.maxConnections = config.maxConnections;
   server.on('tlsClientError', () => {
     /* failed handshakes (wrong version, scanners) are expected; nothing to do */
+  });
+  // Requests node's parser rejects never reach a handler: answer them in the API's error shape.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (!socket.writable || (err.code !== 'HPE_HEADER_OVERFLOW' && !err.code?.startsWith('HPE_'))) {
+      socket.destroy();
+      return;
+    }
+    const e =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? new BrokerError(
+            'headers_too_large',
+            `request line and headers exceed ${config.maxHeaderBytes} bytes`,
+          )
+        : new BrokerError('bad_request', 'malformed HTTP request');
+    const requestId = randomUUID();
+    const body = JSON.stringify(e.toJSON(requestId));
+    socket.end(
+      `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
+    );
   });
   return server;
 }

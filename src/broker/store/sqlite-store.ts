@@ -316,7 +316,7 @@ export class SqliteStore implements Store {
         if (policy.requested !== undefined) {
           if (port < policy.min || port > policy.max) {
             throw new BrokerError(
-              'port_unavailable',
+              'validation_failed',
               `port ${port} is outside the range ${policy.min}-${policy.max}`,
             );
           }

@@ -1,0 +1,1185 @@
+/**
+ * SECURITY.md FUZZ-1: fast-check over every route of the route table with hostile path
+ * parameters, methods, bodies, content types and credentials. Whatever arrives, the broker answers
+ * a JSON 4xx in the catalogue's shape (never a 5xx, never a stack trace), tags every response
+ * with X-Request-Id, and stays up. The verify fast path must answer exactly like the express
+ * route it shadows.
+ *
+ * Deterministic: fixed seeds (override with FUZZ_SEED=<n>); a failure prints seed and path so
+ * `fc.assert(…, { seed, path })` replays it.
+ */
+import { request, type Agent } from 'node:https';
+import type { IncomingHttpHeaders } from 'node:http';
+import { METHODS } from 'node:http';
+import { createServer, type Server } from 'node:net';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ROUTES } from '../../src/broker/http/app.js';
+import { ERROR_CATALOGUE } from '../../src/protocol/errors.js';
+import { MAX_BODY_BYTES } from '../../src/protocol/constants.js';
+import { Daemon, findLeaks, recordSecrets } from '../helpers/daemon.js';
+
+const SEED = Number(process.env.FUZZ_SEED ?? 20_261_122);
+
+interface Raw {
+  status: number;
+  headers: IncomingHttpHeaders;
+  text: string;
+}
+
+interface Req {
+  method: string;
+  path: string;
+  headers: Record<string, string>;
+  body?: Buffer;
+  chunked?: boolean;
+}
+
+let d: Daemon;
+let port: number;
+const state = {
+  admin: '',
+  adminName: '',
+  user: '',
+  alice: '',
+  serviceToken: '',
+  otherServiceToken: '',
+  key: '',
+  keyId: '',
+  tokenId: '',
+};
+const listeners: Server[] = [];
+
+/** A raw HTTPS request: the path goes out byte for byte (no URL normalisation). */
+function send(r: Req, agent: Agent | false = d.agent): Promise<Raw> {
+  const headers = { ...r.headers };
+  if (r.body !== undefined) {
+    if (r.chunked) headers['transfer-encoding'] = 'chunked';
+    else headers['content-length'] = String(r.body.length);
+  }
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { hostname: '127.0.0.1', port, path: r.path, method: r.method, headers, agent, ca: d.ca },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          recordSecrets(text);
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, text });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(r.body);
+  });
+}
+
+const STACK_FRAME = /\bat (?:[^\s()]+ )?\(?(?:file:\/\/|node:|\/)[^\s()]*:\d+(?::\d+)?\)?/;
+
+/** The FUZZ-1 property for one response; returns a description of what is wrong, or null. */
+function problems(req: Req, res: Raw): string | null {
+  const where = `${req.method} ${req.path.slice(0, 120)} → ${res.status} ${res.text.slice(0, 300)}`;
+  if (res.status >= 500 || res.status < 100) return `status ${res.status}: ${where}`;
+  const rid = res.headers['x-request-id'];
+  if (typeof rid !== 'string' || rid.length === 0) return `no X-Request-Id: ${where}`;
+  if (res.text.includes('node_modules') || STACK_FRAME.test(res.text))
+    return `stack trace in body: ${where}`;
+  if (res.status < 400 || req.method === 'HEAD') return null;
+  if (!String(res.headers['content-type']).startsWith('application/json'))
+    return `error without JSON content type: ${where}`;
+  let body: unknown;
+  try {
+    body = JSON.parse(res.text);
+  } catch {
+    return `error body is not JSON: ${where}`;
+  }
+  const b = body as { error?: Record<string, unknown>; requestId?: unknown };
+  if (typeof b !== 'object' || b === null || Array.isArray(b)) return `error body shape: ${where}`;
+  if (Object.keys(b).sort().join() !== 'error,requestId') return `error body keys: ${where}`;
+  if (b.requestId !== rid) return `requestId differs from X-Request-Id: ${where}`;
+  const e = b.error;
+  if (typeof e !== 'object' || e === null) return `error is not an object: ${where}`;
+  const keys = Object.keys(e).sort().join();
+  if (keys !== 'code,message' && keys !== 'code,details,message') return `error keys: ${where}`;
+  if (typeof e.message !== 'string' || e.message.length === 0) return `error.message: ${where}`;
+  const code = e.code as string;
+  if (!Object.hasOwn(ERROR_CATALOGUE, code)) return `code not in catalogue: ${where}`;
+  if (ERROR_CATALOGUE[code as keyof typeof ERROR_CATALOGUE].status !== res.status)
+    return `status does not match the catalogue for ${code}: ${where}`;
+  if (code === 'rate_limited' && !res.headers['retry-after']) return `429 without Retry-After`;
+  return null;
+}
+
+function errorCode(res: Raw): string | null {
+  try {
+    return (JSON.parse(res.text) as { error?: { code?: string } }).error?.code ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function listen(p: number): Promise<Server | null> {
+  return new Promise((res) => {
+    const server = createServer((s) => s.destroy());
+    server.once('error', () => res(null));
+    server.listen(p, '127.0.0.1', () => res(server));
+  });
+}
+
+async function api(method: string, path: string, token: string, body?: unknown) {
+  const res = await send({
+    method,
+    path,
+    headers: {
+      authorization: `Bearer ${token}`,
+      ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+    },
+    body: body !== undefined ? Buffer.from(JSON.stringify(body)) : undefined,
+  });
+  return { ...res, body: JSON.parse(res.text || 'null') };
+}
+
+/** A ready `tunnel: none` service of alice's; returns its service token. */
+async function readyService(name: string): Promise<string> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const r = await api('POST', '/v1/services', state.alice, { name, tunnel: 'none' });
+    if (r.status !== 201) throw new Error(`register ${name}: ${r.status} ${r.text}`);
+    const server = await listen(r.body.service.port);
+    if (!server) {
+      await api('DELETE', `/v1/services/alice/${name}`, state.alice);
+      continue;
+    }
+    listeners.push(server);
+    const ready = await api('POST', `/v1/services/alice/${name}/ready`, r.body.serviceToken);
+    if (ready.status !== 200) throw new Error(`ready ${name}: ${ready.status} ${ready.text}`);
+    return r.body.serviceToken;
+  }
+  throw new Error(`no free port for alice/${name}`);
+}
+
+beforeAll(async () => {
+  d = await Daemon.start();
+  port = Number(new URL(d.url).port);
+  state.admin = d.adminToken;
+  state.adminName = (await api('GET', '/v1/whoami', d.adminToken)).body.principal.name;
+  state.alice = await d.addUser('alice');
+  state.user = await d.addUser('fuzzuser');
+  await d.addUser('victim');
+  const t = await api('POST', '/v1/principals/victim/tokens', d.adminToken, { label: 'fuzz' });
+  state.tokenId = t.body.tokenInfo.id;
+  state.serviceToken = await readyService('fuzzsvc');
+  state.otherServiceToken = await readyService('othersvc');
+  const k = await api('POST', '/v1/services/alice/fuzzsvc/keys', state.alice, {});
+  state.key = k.body.key;
+  state.keyId = k.body.keyId;
+});
+
+afterAll(async () => {
+  for (const s of listeners) s.close();
+  if (!d) return;
+  const code = await d.stop();
+  expect(code).toBe(0);
+  const files = [
+    ...readdirSync(d.dataDir)
+      .filter((f) => f.startsWith('broker.db'))
+      .map((f) => join(d.dataDir, f)),
+    ...readdirSync(d.home)
+      .filter((f) => f.startsWith('daemon-') && f.endsWith('.log'))
+      .map((f) => join(d.home, f)),
+  ];
+  // KEY-2, LOG-1: nothing the fuzzer saw (or sent in a URL) is at rest in clear.
+  expect(findLeaks(files)).toEqual([]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Arbitraries
+
+const hex2 = (b: number) => '%' + b.toString(16).padStart(2, '0').toUpperCase();
+
+/** Hostile and valid path parameter values (already as they appear in the URL). */
+function paramArb(valid: string[]): fc.Arbitrary<string> {
+  return fc.oneof(
+    { weight: 4, arbitrary: fc.constantFrom(...valid) },
+    {
+      weight: 4,
+      arbitrary: fc.constantFrom(
+        '%2e%2e',
+        '%2E%2E',
+        '..%2f',
+        '..%2F..%2Fetc%2Fpasswd',
+        '%2e%2e%2f%2e%2e',
+        '..',
+        '.',
+        '%2f',
+        '%00',
+        'a%00b',
+        '%ff',
+        '%c0%ae%c0%ae',
+        '%',
+        '%zz',
+        '%E2%80%AE',
+        '%0d%0aX-Injected:%201',
+        '%3f',
+        '%23',
+        '*',
+        'bku_' + 'a'.repeat(43),
+        'key_0000000000000000',
+        'tok_0000000000000000',
+        'constructor',
+        '__proto__',
+        'prototype',
+        'hasOwnProperty',
+      ),
+    },
+    { weight: 2, arbitrary: fc.stringMatching(/^[a-z0-9_][a-z0-9._-]{0,70}$/) },
+    {
+      weight: 2,
+      arbitrary: fc
+        .string({ unit: 'grapheme', minLength: 1, maxLength: 30 })
+        .map(encodeURIComponent),
+    },
+    {
+      weight: 1,
+      arbitrary: fc
+        .uint8Array({ minLength: 1, maxLength: 24 })
+        .map((b) => [...b].map(hex2).join('')),
+    },
+    // Long, but two of them plus the longest query stay under the 16 KiB header limit (NET-3),
+    // past which node itself answers 431 before the broker sees the request.
+    { weight: 1, arbitrary: fc.integer({ min: 100, max: 5000 }).map((n) => 'a'.repeat(n)) },
+  );
+}
+
+const queryArb = fc.oneof(
+  { weight: 6, arbitrary: fc.constant('') },
+  {
+    weight: 3,
+    arbitrary: fc.constantFrom(
+      '?',
+      '?match=*',
+      '?match=alice/*',
+      '?match=%ff',
+      '?limit=0',
+      '?limit=1001',
+      '?limit=abc',
+      '?limit=1&limit=2',
+      '?cursor=%00',
+      '?cursor=YWxpY2U',
+      '?since=yesterday',
+      '?since=2020-01-01T00:00:00Z',
+      '?a[b]=c',
+      '?__proto__[admin]=1',
+      '?constructor[prototype][admin]=1',
+      '?%00=%00',
+      '?x=' + 'y'.repeat(4000),
+    ),
+  },
+  {
+    weight: 1,
+    arbitrary: fc
+      .string({ unit: 'grapheme', maxLength: 30 })
+      .map((s) => `?q=${encodeURIComponent(s)}`),
+  },
+);
+
+const OTHER_METHODS = METHODS.filter((m) => m !== 'CONNECT');
+
+/** A body: raw bytes plus whether the generator meant it as JSON. */
+function bodyArb(): fc.Arbitrary<Buffer | undefined> {
+  const nameArb = fc.oneof(
+    fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,20}$/),
+    fc.string({ maxLength: 80 }),
+    fc.constantFrom('fuzzsvc', 'alice', 'victim', '../x', ''),
+  );
+  const strOrNum = (s: fc.Arbitrary<unknown>) =>
+    fc.oneof(
+      s,
+      fc.integer(),
+      fc.double(),
+      fc.boolean(),
+      fc.constant(null),
+      fc.array(s, { maxLength: 3 }),
+    );
+  const validLooking = fc.record(
+    {
+      name: strOrNum(nameArb),
+      mode: strOrNum(fc.constantFrom('tcp', 'https', 'udp')),
+      tunnel: strOrNum(fc.constantFrom('ssh', 'none', 'tor')),
+      host: strOrNum(fc.constantFrom('127.0.0.1', '::1', '10.0.0.1', 'example.com', '')),
+      port: fc.oneof(fc.integer({ min: -1, max: 70000 }), fc.constant('20001')),
+      ttlSeconds: fc.oneof(fc.integer({ min: -10, max: 10_000_000 }), fc.double()),
+      labels: fc.oneof(
+        fc.dictionary(fc.string({ maxLength: 10 }), fc.string({ maxLength: 10 }), { maxKeys: 20 }),
+        fc.constant('x'),
+      ),
+      key: strOrNum(fc.constantFrom(() => state.key, 'bkk_' + 'A'.repeat(43), '', 'x'.repeat(300))),
+      once: strOrNum(fc.constant(true)),
+      role: strOrNum(fc.constantFrom('user', 'admin', 'root')),
+      disabled: strOrNum(fc.constant(false)),
+      label: strOrNum(fc.constantFrom('laptop', '\u0000', 'x'.repeat(70))),
+      owner: fc.constantFrom('alice', 'fuzzuser'),
+      admin: fc.constant(true),
+      status: fc.constant('ready'),
+    },
+    { requiredKeys: [] },
+  );
+  const json = (v: unknown) =>
+    Buffer.from(
+      JSON.stringify(v, (_k, x: unknown) => (typeof x === 'function' ? (x as () => string)() : x)),
+    );
+  return fc.oneof(
+    { weight: 3, arbitrary: fc.constant(undefined) },
+    { weight: 5, arbitrary: validLooking.map(json) },
+    { weight: 1, arbitrary: fc.constant(Buffer.alloc(0)) },
+    { weight: 1, arbitrary: fc.constant(Buffer.from('{}')) },
+    {
+      // malformed JSON
+      weight: 2,
+      arbitrary: fc
+        .constantFrom(
+          '{',
+          '{"name":',
+          '{"a":1,}',
+          "{'a':1}",
+          'nul',
+          '[1,2',
+          '"\\u12"',
+          '{"a":"\\x"}',
+          '{"a":1}}',
+          '\u0000',
+          '{"a":NaN}',
+          '{"key":"bkk_x"} trailing',
+        )
+        .map((s) => Buffer.from(s)),
+    },
+    {
+      // truncated JSON
+      weight: 2,
+      arbitrary: fc
+        .tuple(validLooking.map(json), fc.nat())
+        .map(([b, n]) => b.subarray(0, b.length > 1 ? (n % (b.length - 1)) + 1 : 1)),
+    },
+    {
+      // invalid UTF-8
+      weight: 1,
+      arbitrary: fc.oneof(
+        fc.constant(
+          Buffer.from([
+            0x7b, 0x22, 0x6b, 0x65, 0x79, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0xc0, 0x22, 0x7d,
+          ]),
+        ),
+        fc.constant(
+          Buffer.from([
+            0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xed, 0xa0, 0x80, 0x22, 0x7d,
+          ]),
+        ),
+        fc.uint8Array({ maxLength: 64 }).map((a) => Buffer.from(a)),
+      ),
+    },
+    {
+      // deep nesting: 10000 levels is over the size limit, 8000 and 2700 objects are under it
+      weight: 1,
+      arbitrary: fc
+        .constantFrom(
+          '['.repeat(10_000) + ']'.repeat(10_000),
+          '['.repeat(8_000) + ']'.repeat(8_000),
+          '{"key":' + '['.repeat(8_000) + ']'.repeat(8_000) + '}',
+          '{"a":'.repeat(2_700) + '1' + '}'.repeat(2_700),
+        )
+        .map((s) => Buffer.from(s)),
+    },
+    {
+      // prototype pollution
+      weight: 2,
+      arbitrary: fc
+        .constantFrom(
+          '{"__proto__":{"admin":true}}',
+          '{"name":"pp","__proto__":{"owner":"admin","role":"admin"}}',
+          '{"constructor":{"prototype":{"admin":true}}}',
+          '{"labels":{"__proto__":{"polluted":"yes"}},"name":"pp2"}',
+          '{"key":"x","__proto__":null}',
+          '{"toString":"x"}',
+        )
+        .map((s) => Buffer.from(s)),
+    },
+    {
+      // numbers where strings are expected and other type confusion
+      weight: 1,
+      arbitrary: fc
+        .constantFrom(
+          '{"name":123}',
+          '{"key":1e308}',
+          '{"name":-0}',
+          '{"ttlSeconds":1e400}',
+          '{"key":{"$ne":null}}',
+          '{"key":["bkk_x"]}',
+          '[{"name":"x"}]',
+          '"just a string"',
+          '42',
+          'true',
+          'null',
+        )
+        .map((s) => Buffer.from(s)),
+    },
+    {
+      // huge strings: just under and just over 16 KiB
+      weight: 1,
+      arbitrary: fc
+        .constantFrom(MAX_BODY_BYTES - 100, MAX_BODY_BYTES + 1, 64 * 1024)
+        .map((n) => Buffer.from(`{"name":"${'a'.repeat(n - 11)}"}`)),
+    },
+    { weight: 1, arbitrary: fc.json({ maxDepth: 4 }).map((s) => Buffer.from(s)) },
+  );
+}
+
+const contentTypeArb = fc.oneof(
+  { weight: 8, arbitrary: fc.constant('application/json') },
+  { weight: 2, arbitrary: fc.constant(undefined) },
+  {
+    weight: 4,
+    arbitrary: fc.constantFrom(
+      'application/json; charset=utf-8',
+      'APPLICATION/JSON; Charset="UTF-8"',
+      'application/json; charset=latin1',
+      'application/json; charset=utf-16',
+      'application/json; charset=bogus',
+      'text/plain',
+      'multipart/form-data; boundary=x',
+      'application/x-www-form-urlencoded',
+      'application/jsonp',
+      '*/*',
+      '',
+    ),
+  },
+);
+
+const encodingArb = fc.oneof(
+  { weight: 12, arbitrary: fc.constant(undefined) },
+  { weight: 1, arbitrary: fc.constantFrom('gzip', 'deflate', 'br', 'x-unknown', 'gzip, gzip') },
+);
+
+const authArb: fc.Arbitrary<string | undefined> = fc.constantFrom(
+  undefined,
+  'admin',
+  'user',
+  'alice',
+  'service',
+  'service',
+  'other-service',
+  'random-user',
+  'client-key',
+  'Basic YWxpY2U6eA==',
+  'Bearer',
+  'Bearer  double',
+  'bearer lower',
+  'long',
+);
+
+function authHeader(a: string | undefined): string | undefined {
+  switch (a) {
+    case undefined:
+      return undefined;
+    case 'admin':
+      return `Bearer ${state.admin}`;
+    case 'user':
+      return `Bearer ${state.user}`;
+    case 'alice':
+      return `Bearer ${state.alice}`;
+    case 'service':
+      return `Bearer ${state.serviceToken}`;
+    case 'other-service':
+      return `Bearer ${state.otherServiceToken}`;
+    case 'random-user':
+      return 'Bearer bku_' + 'Z'.repeat(43);
+    case 'client-key':
+      return `Bearer ${state.key}`;
+    case 'long':
+      return 'Bearer ' + 'x'.repeat(300);
+    default:
+      return a;
+  }
+}
+
+function encodeBody(body: Buffer | undefined, enc: string | undefined): Buffer | undefined {
+  if (body === undefined || enc !== 'gzip') return body;
+  return gzipSync(body);
+}
+
+function buildReq(
+  method: string,
+  path: string,
+  body: Buffer | undefined,
+  ct: string | undefined,
+  enc: string | undefined,
+  auth: string | undefined,
+  chunked: boolean,
+): Req {
+  const headers: Record<string, string> = {};
+  const a = authHeader(auth);
+  if (a !== undefined) headers.authorization = a;
+  if (ct !== undefined) headers['content-type'] = ct;
+  if (enc !== undefined && body !== undefined) headers['content-encoding'] = enc;
+  return { method, path, headers, body: encodeBody(body, enc), chunked: chunked && !!body };
+}
+
+function validParams(param: string): string[] {
+  switch (param) {
+    case 'owner':
+      return ['alice', 'fuzzuser', 'nobody'];
+    case 'name':
+      return ['fuzzsvc', 'othersvc', 'missing', 'victim', 'nobody', state.adminName];
+    case 'keyId':
+      return [state.keyId, 'key_0000000000000000'];
+    case 'tokenId':
+      return [state.tokenId, 'tok_0000000000000000'];
+    default:
+      return ['x'];
+  }
+}
+
+async function check(req: Req): Promise<void> {
+  const res = await send(req);
+  const p = problems(req, res);
+  if (p) throw new Error(p);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('FUZZ-1: every route of the table', () => {
+  it('the route table is what this file fuzzes', () => {
+    expect(ROUTES.length).toBeGreaterThanOrEqual(20);
+    for (const r of ROUTES) expect(r.path.startsWith('/v1/')).toBe(true);
+  });
+
+  it(`fail/FUZZ-1 random requests over ROUTES → JSON 4xx in the catalogue shape, never 5xx (seed ${SEED})`, async () => {
+    // Arbitraries are built once: building them is far dearer than drawing from them.
+    const body = bodyArb();
+    const params = new Map<string, fc.Arbitrary<string>>();
+    const paramFor = (n: string) => {
+      if (!params.has(n)) params.set(n, paramArb(validParams(n)));
+      return params.get(n)!;
+    };
+    const perRoute = ROUTES.map((route) => {
+      const names = [...route.path.matchAll(/:(\w+)/g)].map((m) => m[1]!);
+      return fc.record({
+        route: fc.constant(route),
+        params: fc.tuple(...names.map(paramFor)),
+        method: fc.oneof(
+          { weight: 6, arbitrary: fc.constant(route.method as string) },
+          { weight: 1, arbitrary: fc.constantFrom('GET', 'POST', 'PATCH', 'DELETE', 'PUT') },
+          { weight: 1, arbitrary: fc.constantFrom(...OTHER_METHODS) },
+        ),
+        query: queryArb,
+        body,
+        ct: contentTypeArb,
+        enc: encodingArb,
+        auth: authArb,
+        chunked: fc.boolean(),
+      });
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(...perRoute), async (x) => {
+        let i = 0;
+        const path = x.route.path.replace(/:(\w+)/g, () => x.params[i++] as string) + x.query;
+        await check(buildReq(x.method, path, x.body, x.ct, x.enc, x.auth, x.chunked));
+      }),
+      { numRuns: 1000, seed: SEED },
+    );
+  });
+
+  it(`fail/FUZZ-1 unknown paths and methods → 404 not_found / 405 method_not_allowed JSON (seed ${SEED + 1})`, async () => {
+    const segment = paramArb(['v1', 'services', 'keys', 'verify', 'principals', 'health', '']);
+    const pathArb = fc.oneof(
+      fc
+        .array(segment, { minLength: 1, maxLength: 6 })
+        .map((s) => ('/' + s.join('/')).slice(0, 12_000)),
+      fc.constantFrom(
+        '/',
+        '//',
+        '/v1',
+        '/v1/',
+        '/v2/health',
+        '/V1/HEALTH',
+        '/v1/health/',
+        '/v1/health/..',
+        '/v1/services/alice',
+        '/v1/services/alice/fuzzsvc/extra/more',
+        '/v1/keys',
+        '/v1/verify/x',
+        '/metrics',
+        '/.env',
+        '/%2e%2e/%2e%2e/etc/passwd',
+        '/v1/%2e%2e/v1/health',
+        '*',
+      ),
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        pathArb,
+        fc.constantFrom(...OTHER_METHODS),
+        bodyArb(),
+        contentTypeArb,
+        authArb,
+        async (path, method, body, ct, auth) => {
+          await check(buildReq(method, path, body, ct, undefined, auth, false));
+        },
+      ),
+      { numRuns: 250, seed: SEED + 1 },
+    );
+  });
+
+  it('fail/FUZZ-1 a known path with a wrong method → 405 method_not_allowed with Allow', async () => {
+    for (const route of ROUTES) {
+      const path = route.path
+        .replace(':owner', 'alice')
+        .replace(':name', 'fuzzsvc')
+        .replace(':keyId', 'key_0000000000000000')
+        .replace(':tokenId', 'tok_0000000000000000');
+      const allowed = ROUTES.filter((r) => r.path === route.path).map((r) => r.method);
+      for (const method of ['PUT', 'PROPFIND', 'PATCH', 'DELETE', 'POST', 'GET']) {
+        if (allowed.includes(method as (typeof allowed)[number])) continue;
+        const req = buildReq(method, path, undefined, undefined, undefined, 'admin', false);
+        const res = await send(req);
+        expect(problems(req, res), `${method} ${path}`).toBeNull();
+        expect(res.status, `${method} ${path}`).toBe(405);
+        expect(errorCode(res)).toBe('method_not_allowed');
+        expect(String(res.headers.allow).split(', ').sort()).toEqual([...allowed].sort());
+      }
+    }
+  });
+});
+
+describe('FUZZ-1: the verify fast path answers like the express route', () => {
+  /** `/v1/verify` is served by the fast path; `/v1/verify?` (same route) goes through express. */
+  const FAST = '/v1/verify';
+  const EXPRESS = '/v1/verify?';
+
+  async function both(req: Omit<Req, 'path'>): Promise<[Raw, Raw]> {
+    const fast = await send({ ...req, path: FAST });
+    const slow = await send({ ...req, path: EXPRESS });
+    return [fast, slow];
+  }
+
+  const json = { 'content-type': 'application/json' };
+  const cases: {
+    name: string;
+    req: () => Omit<Req, 'path'>;
+    status: number | number[];
+    code: string | null;
+  }[] = [
+    {
+      name: 'malformed JSON',
+      req: () => ({ method: 'POST', headers: json, body: Buffer.from('{"key":') }),
+      status: 400,
+      code: 'bad_request',
+    },
+    {
+      name: 'text/plain',
+      req: () => ({
+        method: 'POST',
+        headers: { 'content-type': 'text/plain' },
+        body: Buffer.from(`{"key":"${state.key}"}`),
+      }),
+      status: 415,
+      code: 'unsupported_media_type',
+    },
+    {
+      name: 'no content type',
+      req: () => ({ method: 'POST', headers: {}, body: Buffer.from(`{"key":"${state.key}"}`) }),
+      status: 415,
+      code: 'unsupported_media_type',
+    },
+    {
+      name: 'charset latin1',
+      req: () => ({
+        method: 'POST',
+        headers: { 'content-type': 'application/json; charset=latin1' },
+        body: Buffer.from('{"key":"x"}'),
+      }),
+      status: 415,
+      code: 'unsupported_media_type',
+    },
+    {
+      name: 'unknown field',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from(`{"key":"${state.key}","admin":true}`),
+      }),
+      status: 400,
+      code: 'validation_failed',
+    },
+    {
+      name: 'key is a number',
+      req: () => ({ method: 'POST', headers: json, body: Buffer.from('{"key":1}') }),
+      status: 400,
+      code: 'validation_failed',
+    },
+    {
+      name: 'key too long',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from(`{"key":"${'k'.repeat(2000)}"}`),
+      }),
+      status: 400,
+      code: 'validation_failed',
+    },
+    {
+      name: 'array body',
+      req: () => ({ method: 'POST', headers: json, body: Buffer.from('[]') }),
+      status: 400,
+      code: 'validation_failed',
+    },
+    {
+      name: 'null body',
+      req: () => ({ method: 'POST', headers: json, body: Buffer.from('null') }),
+      status: 400,
+      code: null,
+    },
+    {
+      name: 'string body',
+      req: () => ({ method: 'POST', headers: json, body: Buffer.from('"bkk_x"') }),
+      status: 400,
+      code: null,
+    },
+    {
+      name: 'empty body',
+      req: () => ({ method: 'POST', headers: json, body: Buffer.alloc(0) }),
+      status: 400,
+      code: null,
+    },
+    {
+      name: 'no body at all',
+      req: () => ({ method: 'POST', headers: {} }),
+      status: 400,
+      code: null,
+    },
+    {
+      name: '__proto__ body',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from('{"__proto__":{"key":"x"}}'),
+      }),
+      status: 400,
+      code: 'validation_failed',
+    },
+    {
+      name: 'deep nesting',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from('{"key":' + '['.repeat(8000) + ']'.repeat(8000) + '}'),
+      }),
+      status: 400,
+      code: 'validation_failed',
+    },
+    {
+      name: 'invalid UTF-8 key',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from([0x7b, 0x22, 0x6b, 0x65, 0x79, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d]),
+      }),
+      status: 200,
+      code: null,
+    },
+    {
+      name: 'unknown key',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from(`{"key":"bkk_${'Q'.repeat(43)}"}`),
+      }),
+      status: 200,
+      code: null,
+    },
+    {
+      name: 'valid key',
+      req: () => ({ method: 'POST', headers: json, body: Buffer.from(`{"key":"${state.key}"}`) }),
+      status: 200,
+      code: null,
+    },
+    {
+      name: 'chunked valid key',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from(`{"key":"${state.key}"}`),
+        chunked: true,
+      }),
+      status: 200,
+      code: null,
+    },
+    {
+      name: '20000-byte body',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from(`{"key":"${'a'.repeat(20_000 - 10)}"}`),
+      }),
+      status: 413,
+      code: 'payload_too_large',
+    },
+    {
+      name: '20000-byte chunked body',
+      req: () => ({
+        method: 'POST',
+        headers: json,
+        body: Buffer.from(`{"key":"${'a'.repeat(20_000 - 10)}"}`),
+        chunked: true,
+      }),
+      status: 413,
+      code: 'payload_too_large',
+    },
+    {
+      name: 'gzip-encoded body',
+      req: () => ({
+        method: 'POST',
+        headers: { ...json, 'content-encoding': 'gzip' },
+        body: gzipSync(`{"key":"${state.key}"}`),
+      }),
+      // Inflated and verified, or refused as a content-encoded body: either, but on both paths.
+      status: [200, 415],
+      code: null,
+    },
+  ];
+  const principals: [string, () => string | undefined][] = [
+    ['service token', () => `Bearer ${state.serviceToken}`],
+    ['no token', () => undefined],
+    ['user token', () => `Bearer ${state.alice}`],
+    ['unknown token', () => 'Bearer bks_' + 'Z'.repeat(43)],
+  ];
+
+  const summary = (r: Raw) => ({
+    status: r.status,
+    code: errorCode(r),
+    body: r.status === 200 ? (JSON.parse(r.text) as unknown) : undefined,
+  });
+
+  for (const c of cases) {
+    const expected = `${[c.status].flat().join('/')}${c.code ? ' ' + c.code : ''}`;
+    it(`fail/FUZZ-1 verify ${c.name}: fast path ≡ express for every credential (service token → ${expected})`, async () => {
+      const mismatches: string[] = [];
+      for (const [who, auth] of principals) {
+        const base = c.req();
+        const a = auth();
+        const req = { ...base, headers: { ...base.headers, ...(a ? { authorization: a } : {}) } };
+        const [fast, slow] = await both(req);
+        expect(problems({ ...req, path: FAST }, fast)).toBeNull();
+        expect(problems({ ...req, path: EXPRESS }, slow)).toBeNull();
+        const [f, e] = [summary(fast), summary(slow)];
+        if (JSON.stringify(f) !== JSON.stringify(e)) {
+          mismatches.push(`${who}: fast ${f.status} ${f.code} ≠ express ${e.status} ${e.code}`);
+        }
+        if (who === 'service token') {
+          expect([c.status].flat(), fast.text).toContain(fast.status);
+          if (c.code) expect(errorCode(fast)).toBe(c.code);
+        }
+      }
+      expect(mismatches).toEqual([]);
+    });
+  }
+
+  it(`fail/FUZZ-1 random verify requests: fast path ≡ express route (seed ${SEED + 2})`, async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        bodyArb(),
+        contentTypeArb,
+        authArb,
+        fc.boolean(),
+        async (body, ct, auth, chunked) => {
+          const req = buildReq('POST', FAST, body, ct, undefined, auth, chunked);
+          const fast = await send(req);
+          const slow = await send({ ...req, path: EXPRESS });
+          const p = problems(req, fast) ?? problems({ ...req, path: EXPRESS }, slow);
+          if (p) throw new Error(p);
+          if (fast.status !== slow.status || errorCode(fast) !== errorCode(slow)) {
+            throw new Error(
+              `fast ${fast.status} ${errorCode(fast)} ≠ express ${slow.status} ${errorCode(slow)}`,
+            );
+          }
+        },
+      ),
+      { numRuns: 250, seed: SEED + 2 },
+    );
+  });
+});
+
+describe('FUZZ-1: explicit hostile inputs', () => {
+  const admin = () => ({ authorization: `Bearer ${state.admin}` });
+  const cases: { name: string; req: () => Req; status: number | number[] }[] = [
+    // A %-escape that is not UTF-8 cannot be decoded into a name: the request is malformed.
+    {
+      name: 'GET /v1/services/alice/%ff',
+      req: () => ({ method: 'GET', path: '/v1/services/alice/%ff', headers: admin() }),
+      status: 400,
+    },
+    {
+      name: 'GET /v1/principals/%c0%ae',
+      req: () => ({ method: 'GET', path: '/v1/principals/%c0%ae', headers: admin() }),
+      status: 400,
+    },
+    {
+      name: 'DELETE /v1/keys/%e0%80',
+      req: () => ({ method: 'DELETE', path: '/v1/keys/%e0%80', headers: admin() }),
+      status: 400,
+    },
+    {
+      name: 'GET /v1/services/%2e%2e/%2e%2e',
+      req: () => ({ method: 'GET', path: '/v1/services/%2e%2e/%2e%2e', headers: admin() }),
+      status: 400,
+    },
+    {
+      name: 'GET /v1/services/alice/..%2f..%2fetc%2fpasswd',
+      req: () => ({
+        method: 'GET',
+        path: '/v1/services/alice/..%2f..%2fetc%2fpasswd',
+        headers: admin(),
+      }),
+      status: 400,
+    },
+    {
+      name: 'GET /v1/principals/a%00b',
+      req: () => ({ method: 'GET', path: '/v1/principals/a%00b', headers: admin() }),
+      status: 400,
+    },
+    // A body whose Content-Encoding does not match its bytes cannot be parsed.
+    ...(['gzip', 'deflate', 'br'] as const).map((enc) => ({
+      name: `POST /v1/services with corrupt ${enc} body`,
+      req: (): Req => ({
+        method: 'POST',
+        path: '/v1/services',
+        headers: { ...admin(), 'content-type': 'application/json', 'content-encoding': enc },
+        body: Buffer.from('{"name":"not-compressed"}'),
+      }),
+      // Unparseable (400) or content-encoded bodies not accepted at all (415).
+      status: [400, 415],
+    })),
+    {
+      name: 'POST /v1/services with unknown content-encoding',
+      req: () => ({
+        method: 'POST',
+        path: '/v1/services',
+        headers: { ...admin(), 'content-type': 'application/json', 'content-encoding': 'x-zip' },
+        body: Buffer.from('{"name":"x"}'),
+      }),
+      status: 415,
+    },
+    {
+      name: 'POST /v1/principals with 10000-deep nesting',
+      req: () => ({
+        method: 'POST',
+        path: '/v1/principals',
+        headers: { ...admin(), 'content-type': 'application/json' },
+        body: Buffer.from('['.repeat(10_000) + ']'.repeat(10_000)),
+      }),
+      status: 413,
+    },
+    {
+      name: 'POST /v1/principals with 8000-deep nesting (under the size limit)',
+      req: () => ({
+        method: 'POST',
+        path: '/v1/principals',
+        headers: { ...admin(), 'content-type': 'application/json' },
+        body: Buffer.from('{"name":' + '['.repeat(8_000) + ']'.repeat(8_000) + '}'),
+      }),
+      status: 400,
+    },
+    {
+      name: 'POST /v1/principals {"__proto__":{"admin":true}}',
+      req: () => ({
+        method: 'POST',
+        path: '/v1/principals',
+        headers: { ...admin(), 'content-type': 'application/json' },
+        body: Buffer.from('{"name":"protouser","__proto__":{"role":"admin"}}'),
+      }),
+      status: 400,
+    },
+    {
+      name: 'POST /v1/services with invalid UTF-8',
+      req: () => ({
+        method: 'POST',
+        path: '/v1/services',
+        headers: { ...admin(), 'content-type': 'application/json' },
+        body: Buffer.from([
+          0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xff, 0xc0, 0x22, 0x7d,
+        ]),
+      }),
+      status: 400,
+    },
+    {
+      name: 'PROPFIND /v1/services',
+      req: () => ({ method: 'PROPFIND', path: '/v1/services', headers: admin() }),
+      status: 405,
+    },
+  ];
+  for (const c of cases) {
+    it(`fail/FUZZ-1 ${c.name} → ${[c.status].flat().join('/')} JSON error`, async () => {
+      const req = c.req();
+      const res = await send(req);
+      expect(problems(req, res)).toBeNull();
+      expect([c.status].flat(), res.text).toContain(res.status);
+    });
+  }
+});
+
+describe('FUZZ-1: body size limits and liveness', () => {
+  const svcPost = (body: Buffer, extra: Record<string, string> = {}): Req => ({
+    method: 'POST',
+    path: '/v1/services',
+    headers: {
+      authorization: `Bearer ${state.alice}`,
+      'content-type': 'application/json',
+      ...extra,
+    },
+    body,
+  });
+
+  it('fail/FUZZ-1 1 MB body → 413 payload_too_large', async () => {
+    const body = Buffer.from(`{"name":"${'a'.repeat(1024 * 1024)}"}`);
+    for (const req of [svcPost(body), { ...svcPost(body), path: '/v1/verify' }]) {
+      const res = await send(req, false);
+      expect(problems(req, res)).toBeNull();
+      expect(res.status, res.text).toBe(413);
+      expect(errorCode(res)).toBe('payload_too_large');
+    }
+  });
+
+  it('fail/FUZZ-1 content-length 20000 → 413 payload_too_large', async () => {
+    const body = Buffer.from(`{"name":"${'a'.repeat(20_000 - 11)}"}`);
+    expect(body.length).toBe(20_000);
+    const verifyReq: Req = {
+      method: 'POST',
+      path: '/v1/verify',
+      headers: {
+        authorization: `Bearer ${state.serviceToken}`,
+        'content-type': 'application/json',
+      },
+      body,
+    };
+    for (const req of [svcPost(body), verifyReq]) {
+      const res = await send(req, false);
+      expect(problems(req, res)).toBeNull();
+      expect(res.status, res.text).toBe(413);
+      expect(errorCode(res)).toBe('payload_too_large');
+    }
+  });
+
+  it('fail/FUZZ-1 a deflate bomb (gzip of 1 MB) → 413 payload_too_large or 415 (not inflated)', async () => {
+    const body = gzipSync(Buffer.from(`{"name":"${'a'.repeat(1024 * 1024)}"}`));
+    const req = svcPost(body, { 'content-encoding': 'gzip' });
+    const res = await send(req, false);
+    expect(problems(req, res)).toBeNull();
+    expect([413, 415], res.text).toContain(res.status);
+  });
+
+  interface Streamed {
+    status: number;
+    text: string;
+    sent: number;
+    headers: IncomingHttpHeaders;
+    /** Set when the connection failed before a response could be read. */
+    error?: string;
+  }
+
+  /**
+   * Stream up to `total` bytes chunked, one 64 KiB chunk per event-loop turn (so a response is
+   * read as soon as it arrives), and stop writing as soon as it does. Nothing big is allocated.
+   */
+  function stream(path: string, token: string, total: number): Promise<Streamed> {
+    return new Promise((resolve) => {
+      let responded = false;
+      let sent = 0;
+      const req = request({
+        hostname: '127.0.0.1',
+        port,
+        path,
+        method: 'POST',
+        agent: false,
+        ca: d.ca,
+        headers: {
+          authorization: `Bearer ${token}`,
+          'content-type': 'application/json',
+          'transfer-encoding': 'chunked',
+        },
+      });
+      req.on('response', (res) => {
+        responded = true;
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          resolve({ status: res.statusCode ?? 0, text, sent, headers: res.headers });
+          req.destroy();
+        });
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (!responded)
+          resolve({ status: 0, text: '', sent, headers: {}, error: err.code ?? err.message });
+      });
+      const chunk = Buffer.alloc(64 * 1024, 0x61);
+      const pump = () => {
+        if (responded || req.destroyed) return;
+        if (sent >= total) {
+          req.end('"}');
+          return;
+        }
+        sent += chunk.length;
+        if (req.write(chunk)) setImmediate(pump);
+        else req.once('drain', () => setImmediate(pump));
+      };
+      req.write('{"name":"');
+      pump();
+    });
+  }
+
+  it('fail/FUZZ-1 100 MB chunked body → 413, the daemon stays up', async () => {
+    const total = 100 * 1024 * 1024;
+    for (const [path, token] of [
+      ['/v1/services', state.alice],
+      ['/v1/verify', state.serviceToken],
+    ] as const) {
+      // A server that answers early and closes while the client is still sending makes the
+      // kernel reset the connection; a client then sometimes loses the answer (EPIPE/ECONNRESET
+      // on its next write). Such an attempt shows nothing either way, so it is repeated.
+      let res = await stream(path, token, total);
+      for (let i = 0; i < 4 && (res.error === 'EPIPE' || res.error === 'ECONNRESET'); i++) {
+        res = await stream(path, token, total);
+      }
+      expect(res.error, `${path} after ${res.sent} bytes`).toBeUndefined();
+      expect(res.status, `${path}: ${res.text}`).toBe(413);
+      expect(JSON.parse(res.text).error.code).toBe('payload_too_large');
+      expect(res.headers['x-request-id']).toBeTruthy();
+      const health = await send({ method: 'GET', path: '/v1/health', headers: {} });
+      expect(health.status).toBe(200);
+    }
+    expect(d.proc.exitCode).toBeNull();
+  }, 60_000);
+
+  it('ok/FUZZ-1 after all of the above: /v1/health answers, the daemon is alive, tokens work', async () => {
+    const res = await send({ method: 'GET', path: '/v1/health', headers: {} });
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.text).status).toBe('ok');
+    expect(d.proc.exitCode).toBeNull();
+    expect(d.proc.signalCode).toBeNull();
+    const who = await api('GET', '/v1/whoami', state.admin);
+    expect(who.status).toBe(200);
+  });
+
+  // DUR-5: bad input is a 4xx, not an "unexpected error" in the broker log.
+  it('fail/FUZZ-1 no unexpected error was logged during the whole run', () => {
+    const unexpected = d
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes('"unexpected error"') || /"level":(?:50|60)/.test(l))
+      .map((l) => l.slice(0, 200));
+    expect(unexpected).toEqual([]);
+  });
+});
