@@ -21,8 +21,14 @@ export class AuditLog {
     private readonly maxPending = 1000,
   ) {}
 
-  record(e: AuditInput): void {
-    const k = `${e.action}\0${e.target}\0${e.actor}\0${e.source}\0${e.outcome}\0${e.details ? JSON.stringify(e.details) : ''}`;
+  /**
+   * Queue an event. Events with the same `dedupeKey` (default: everything but the time) inside
+   * one flush window become one row with a count. Hot paths pass a cheap key of their own.
+   */
+  record(e: AuditInput, dedupeKey?: string): void {
+    const k =
+      dedupeKey ??
+      `${e.action}\0${e.target}\0${e.actor}\0${e.source}\0${e.outcome}\0${e.details ? JSON.stringify(e.details) : ''}`;
     const existing = this.pending.get(k);
     if (existing) {
       existing.count += e.count ?? 1;

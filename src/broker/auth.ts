@@ -22,11 +22,42 @@ export function actorOf(id: Identity): string {
 
 const BEARER = /^Bearer ([^\s]{1,200})$/;
 
+/** How long verify may reuse a service token's identity (see `authenticateForVerify`). */
+export const SERVICE_IDENTITY_CACHE_MS = 2000;
+const SERVICE_CACHE_MAX = 4096;
+
 export class Authenticator {
+  /** Service identities for the verify hot path, by token digest (hex). */
+  private readonly serviceCache = new Map<string, { at: number; id: Identity }>();
+
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
   ) {}
+
+  /**
+   * `authenticate` for POST /v1/verify, which every gated connection costs: a service token's
+   * identity is reused for up to 2 s. That is safe for verify alone: it uses only the service id,
+   * and a removed service's keys are deleted with it, so a stale identity can only answer
+   * `valid: false`. Unknown and user tokens are never cached.
+   */
+  /** A service left the registry: its token must stop working at once, cache or not. */
+  forgetServices(): void {
+    this.serviceCache.clear();
+  }
+
+  authenticateForVerify(secret: string): Identity {
+    const now = this.clock.now();
+    const digestHex = secretKind(secret) === 'service' ? hashSecret(secret).toString('hex') : null;
+    const hit = digestHex ? this.serviceCache.get(digestHex) : undefined;
+    if (hit && now - hit.at < SERVICE_IDENTITY_CACHE_MS) return hit.id;
+    const id = this.authenticate(secret);
+    if (digestHex && id.kind === 'service') {
+      if (this.serviceCache.size >= SERVICE_CACHE_MAX) this.serviceCache.clear();
+      this.serviceCache.set(digestHex, { at: now, id });
+    }
+    return id;
+  }
 
   /** Parse an `Authorization` header value into a bearer secret, or throw 401. */
   static bearer(header: string | undefined): string {

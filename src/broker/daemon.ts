@@ -21,7 +21,7 @@ import { PrincipalAdmin } from './principals.js';
 import { ServiceRegistry, type ServiceEvents } from './services.js';
 import { StateDir } from './state-dir.js';
 import { SqliteStore } from './store/sqlite-store.js';
-import type { Store } from './store/store.js';
+import type { ServiceRow, Store } from './store/store.js';
 import { createApp } from './http/app.js';
 import { createHttpsServer } from './http/server.js';
 import { createVerifyHandler } from './http/verify-fast-path.js';
@@ -109,9 +109,14 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     const publicHost = config.publicHost ?? (wildcard ? '127.0.0.1' : listen.host);
 
     const audit = new AuditLog(store, clock, (err) => log.error({ err }, 'audit write failed'));
+    // Listeners for services leaving the registry: the hot-path caches subscribe below, so a
+    // removed service's token and keys stop working at once.
+    const onRemoved: ((s: ServiceRow) => void)[] = [];
     const events: ServiceEvents = {
-      removed: (s, reason) =>
-        log.info({ service: `${s.owner}/${s.name}`, reason }, 'service removed'),
+      removed: (s, reason) => {
+        for (const listener of onRemoved) listener(s);
+        log.info({ service: `${s.owner}/${s.name}`, reason }, 'service removed');
+      },
     };
     const registry = new ServiceRegistry({
       store,
@@ -141,6 +146,10 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       events,
     });
     const auth = new Authenticator(store, clock);
+    onRemoved.push(
+      () => keys.forgetService(),
+      () => auth.forgetServices(),
+    );
 
     // The API's own certificate: re-issued at every start (names follow the config) and renewed
     // by the timer below well before it ends.

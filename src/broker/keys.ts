@@ -12,7 +12,11 @@ import type { Config } from './config.js';
 import { digestMatches, hashSecret, newId, newSecret } from './secrets.js';
 import { keyJson, serviceJson } from './serialize.js';
 import type { ServiceRegistry } from './services.js';
-import type { ServiceRow, Store } from './store/store.js';
+import type { KeyRow, ServiceRow, Store } from './store/store.js';
+
+/** How long a verified multi-use key row may be reused without a store read. */
+export const KEY_CACHE_MS = 2000;
+const KEY_CACHE_MAX = 16384;
 
 export interface KeyDeps {
   store: Store;
@@ -28,6 +32,12 @@ export interface KeyDeps {
 export class KeyService {
   /** Last-use times, written in batches so verify never waits on fsync. */
   private uses = new Map<string, number>();
+  /**
+   * Multi-use key rows recently verified, by digest (hex). Revocation and service removal clear
+   * entries at once (`forget*`); the TTL bounds staleness should another process change the
+   * store. Counted (`once`) keys and unknown digests are never cached.
+   */
+  private readonly cache = new Map<string, { at: number; row: KeyRow }>();
 
   constructor(private readonly d: KeyDeps) {}
 
@@ -107,7 +117,7 @@ export class KeyService {
     const s = id.service;
     const now = this.d.clock.now();
     const digest = hashSecret(key);
-    const row = secretKind(key) === 'key' ? this.d.store.findKeyByHash(digest) : null;
+    const row = secretKind(key) === 'key' ? this.lookup(digest, now) : null;
     let valid =
       digestMatches(row?.hash, digest) &&
       row !== null &&
@@ -116,25 +126,31 @@ export class KeyService {
     if (valid && row!.usesLeft !== null) valid = this.d.store.consumeKey(row!.id, now);
     const target = `${s.owner}/${s.name}`;
     if (!valid) {
-      this.d.audit.record({
-        actor: target + '#service',
-        action: 'key.verify',
-        target,
-        outcome: 'refused',
-        source,
-        details: null,
-      });
+      this.d.audit.record(
+        {
+          actor: target + '#service',
+          action: 'key.verify',
+          target,
+          outcome: 'refused',
+          source,
+          details: null,
+        },
+        `verify-refused\0${s.id}\0${source}`,
+      );
       return { valid: false };
     }
     this.uses.set(row!.id, now);
-    this.d.audit.record({
-      actor: target + '#service',
-      action: 'key.verify',
-      target,
-      outcome: 'ok',
-      source,
-      details: { keyId: row!.id, principal: row!.principal },
-    });
+    this.d.audit.record(
+      {
+        actor: target + '#service',
+        action: 'key.verify',
+        target,
+        outcome: 'ok',
+        source,
+        details: { keyId: row!.id, principal: row!.principal },
+      },
+      `verify-ok\0${row!.id}\0${source}`,
+    );
     return {
       valid: true,
       principal: row!.principal,
@@ -161,6 +177,7 @@ export class KeyService {
       (id.principal.role === 'admin' ||
         id.principal.name === k.principal ||
         id.principal.name === s.owner);
+    this.forgetKey(keyId);
     if (!allowed || !this.d.store.deleteKey(keyId))
       throw new BrokerError('key_not_found', `no key ${keyId}`);
     this.d.audit.record({
@@ -171,6 +188,28 @@ export class KeyService {
       source,
       details: { keyId },
     });
+  }
+
+  private lookup(digest: Buffer, now: number): KeyRow | null {
+    const hex = digest.toString('hex');
+    const hit = this.cache.get(hex);
+    if (hit && now - hit.at < KEY_CACHE_MS) return hit.row;
+    const row = this.d.store.findKeyByHash(digest);
+    if (row && row.usesLeft === null) {
+      if (this.cache.size >= KEY_CACHE_MAX) this.cache.clear();
+      this.cache.set(hex, { at: now, row });
+    } else this.cache.delete(hex);
+    return row;
+  }
+
+  /** A key was revoked: it must not verify again, not even from the cache. */
+  forgetKey(keyId: string): void {
+    for (const [hex, e] of this.cache) if (e.row.id === keyId) this.cache.delete(hex);
+  }
+
+  /** A service left the registry (unregister, lease, owner removed): drop every cached key. */
+  forgetService(): void {
+    this.cache.clear();
   }
 
   /** Write batched last-use times. */

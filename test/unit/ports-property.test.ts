@@ -122,9 +122,13 @@ class RegisterCmd implements fc.Command<Model, Real> {
     if (m.live.has(key)) {
       expectBrokerError(register, 'name_taken');
       saw('name_taken');
+    } else if (this.requested !== undefined && !inRange(this.requested)) {
+      // Outside the range is a policy violation (400), not a busy port (COMP-4).
+      expectBrokerError(register, 'validation_failed');
+      saw('validation_failed(out of range)');
     } else if (this.requested !== undefined && !isFree(m, this.requested)) {
       expectBrokerError(register, 'port_unavailable');
-      saw(inRange(this.requested) ? 'port_unavailable' : 'port_unavailable(out of range)');
+      saw('port_unavailable');
     } else if (this.requested === undefined && free.length === 0) {
       expectBrokerError(register, 'port_range_exhausted');
       saw('port_range_exhausted');

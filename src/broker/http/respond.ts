@@ -3,7 +3,7 @@
  * the error body, and one structured access line per request (query strings stripped, secrets
  * redacted, level by status).
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.js';
@@ -16,20 +16,40 @@ export interface RequestMeta {
   fields: Record<string, unknown>;
 }
 
+/** Request ids: a random per-process prefix and a counter — unique, cheap, sortable in a log. */
+const ID_PREFIX = randomBytes(6).toString('base64url');
+let idCounter = 0;
+export function newRequestId(): string {
+  return `${ID_PREFIX}-${(++idCounter).toString(36)}`;
+}
+
 export function startRequest(res: ServerResponse): RequestMeta {
-  const meta: RequestMeta = { requestId: randomUUID(), start: process.hrtime.bigint(), fields: {} };
+  const meta: RequestMeta = {
+    requestId: newRequestId(),
+    start: process.hrtime.bigint(),
+    fields: {},
+  };
   res.setHeader('X-Request-Id', meta.requestId);
   return meta;
 }
 
+const sources = new WeakMap<object, string>();
+
+/** The client's address, canonical; computed once per connection. */
 export function sourceOf(req: IncomingMessage): string {
-  return canonicalIp(req.socket.remoteAddress ?? '') ?? 'unknown';
+  let source = sources.get(req.socket);
+  if (source === undefined) {
+    source = canonicalIp(req.socket.remoteAddress ?? '') ?? 'unknown';
+    sources.set(req.socket, source);
+  }
+  return source;
 }
 
 const SECRET_IN_TEXT = /bk[usk]_[A-Za-z0-9_-]*/g;
 
 /** A path fit for a log line: no query string, no secret, no control characters, bounded. */
 export function loggablePath(url: string | undefined): string {
+  if (url === '/v1/verify') return url;
   const path = (url ?? '').split('?')[0]!;
   return (
     path

@@ -5,10 +5,10 @@
 import { createServer, type Server } from 'node:https';
 import { STATUS_CODES, type RequestListener } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { randomUUID } from 'node:crypto';
 import { BrokerError } from '../../protocol/errors.js';
 import type { Config } from '../config.js';
 import { VERIFY_PATH } from './verify-fast-path.js';
+import { newRequestId } from './respond.js';
 
 export interface TlsMaterial {
   cert: string;
@@ -55,7 +55,7 @@ export function createHttpsServer(
             `request line and headers exceed ${config.maxHeaderBytes} bytes`,
           )
         : new BrokerError('bad_request', 'malformed HTTP request');
-    const requestId = randomUUID();
+    const requestId = newRequestId();
     const body = JSON.stringify(e.toJSON(requestId));
     socket.end(
       `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +

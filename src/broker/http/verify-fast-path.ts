@@ -87,7 +87,9 @@ export function createVerifyHandler(deps: { auth: Authenticator; keys: KeyServic
     try {
       const bad = checkBodyHeaders(req);
       if (bad) throw bad;
-      const identity = deps.auth.authenticate(Authenticator.bearer(req.headers.authorization));
+      const identity = deps.auth.authenticateForVerify(
+        Authenticator.bearer(req.headers.authorization),
+      );
       if (identity.kind === 'service') meta.fields.actor = `service:${identity.service.id}`;
       const key = parseVerifyBody(await readBody(req));
       const result = deps.keys.verify(identity, key, sourceOf(req));
