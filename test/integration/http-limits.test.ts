@@ -47,6 +47,13 @@ describe('requests the HTTP parser rejects', () => {
     expect(bodyOf(res).error.code).toBe('bad_request');
   });
 
+  it('ok/GET /v1/openapi.json serves the API description without a token', async () => {
+    const r = await d.api('GET', '/v1/openapi.json', { token: null });
+    expect(r.status).toBe(200);
+    expect(r.body.openapi).toMatch(/^3\./);
+    expect(Object.keys(r.body.paths)).toContain('/v1/verify');
+  });
+
   it('ok/the daemon answers normally afterwards', async () => {
     expect((await d.api('GET', '/v1/health')).status).toBe(200);
   });
