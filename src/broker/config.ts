@@ -43,6 +43,13 @@ export const DEFAULTS = Object.freeze({
   maxHeaderBytes: 16 * 1024,
   maxConnections: 1024,
   keepAliveTimeoutMs: 5_000,
+  /** SSH gateway limits (SECURITY.md SSH-3, SSH-4). */
+  sshAuthTimeoutSeconds: 30,
+  sshMaxAuthTries: 3,
+  sshMaxUnauthenticated: 64,
+  sshMaxConnections: 1024,
+  sshMaxChannelsPerConnection: 64,
+  sshMaxChannels: 4096,
   /** Log level for pino. */
   logLevel: 'info' as 'debug' | 'info' | 'warn' | 'error',
 });
@@ -81,6 +88,12 @@ export const ConfigSchema = z
       .max(16 * 1024),
     maxConnections: z.number().int().positive(),
     keepAliveTimeoutMs: z.number().int().positive(),
+    sshAuthTimeoutSeconds: z.number().int().positive().max(30),
+    sshMaxAuthTries: z.number().int().min(1).max(3),
+    sshMaxUnauthenticated: z.number().int().positive(),
+    sshMaxConnections: z.number().int().positive(),
+    sshMaxChannelsPerConnection: z.number().int().positive(),
+    sshMaxChannels: z.number().int().positive(),
     logLevel: z.enum(['debug', 'info', 'warn', 'error']),
   })
   .strict();

@@ -25,6 +25,8 @@ import type { ServiceRow, Store } from './store/store.js';
 import { createApp } from './http/app.js';
 import { createHttpsServer } from './http/server.js';
 import { createVerifyHandler } from './http/verify-fast-path.js';
+import { Gateway } from './ssh/gateway.js';
+import { loadOrCreateHostKey } from './ssh/host-key.js';
 
 export const VERSION: string = (
   JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
@@ -112,6 +114,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     // Listeners for services leaving the registry: the hot-path caches subscribe below, so a
     // removed service's token and keys stop working at once.
     const onRemoved: ((s: ServiceRow) => void)[] = [];
+    const gatewayRef = { port: ssh.port };
     const events: ServiceEvents = {
       removed: (s, reason) => {
         for (const listener of onRemoved) listener(s);
@@ -136,7 +139,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       registry,
       caCertPem: ca.caCertPem,
       publicHost,
-      sshPort: () => ssh.port,
+      sshPort: () => gatewayRef.port,
     });
     const principals = new PrincipalAdmin({
       store,
@@ -150,6 +153,32 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       () => keys.forgetService(),
       () => auth.forgetServices(),
     );
+
+    // DUR-4: reverse tunnels died with the previous process; their servers reattach.
+    for (const s of store.markTunnelsOffline()) {
+      log.info({ service: `${s.owner}/${s.name}` }, 'offline until its reverse tunnel reattaches');
+    }
+    const hostKey = loadOrCreateHostKey(dir);
+    const gateway = new Gateway({
+      config,
+      store,
+      auth,
+      audit,
+      log,
+      clock,
+      hostKey,
+      limits: {
+        authTimeoutMs: config.sshAuthTimeoutSeconds * 1000,
+        maxAuthTries: config.sshMaxAuthTries,
+        maxUnauthenticated: config.sshMaxUnauthenticated,
+        maxConnections: config.sshMaxConnections,
+        maxChannelsPerConnection: config.sshMaxChannelsPerConnection,
+        maxChannels: config.sshMaxChannels,
+      },
+    });
+    onRemoved.push((s) => gateway.serviceRemoved(s.id));
+    gatewayRef.port = await gateway.listen(ssh.host, ssh.port);
+    closers.unshift(() => void gateway.close());
 
     // The API's own certificate: re-issued at every start (names follow the config) and renewed
     // by the timer below well before it ends.
@@ -183,7 +212,14 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       version: VERSION,
       log,
       openapi: loadOpenApi(),
-      health: () => ({}),
+      health: () => ({
+        gateway: {
+          host: publicHost,
+          port: gateway.port,
+          hostKey: hostKey.publicKey,
+          fingerprint: hostKey.fingerprint,
+        },
+      }),
       flushAudit: () => audit.flush(),
     });
     const server: HttpsServer = createHttpsServer(
@@ -208,6 +244,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
 
     const sweep = () => {
       try {
+        gateway.touchLive();
         registry.sweep();
         keys.flushUses();
       } catch (err) {
@@ -231,7 +268,15 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     }, renewMs);
     renewTimer.unref();
 
-    log.info({ url, credentials: credentialsPath, version: VERSION }, 'broker ready');
+    log.info(
+      {
+        url,
+        credentials: credentialsPath,
+        version: VERSION,
+        ssh: { port: gateway.port, hostKey: hostKey.fingerprint },
+      },
+      'broker ready',
+    );
     flushLog();
 
     let closing: Promise<void> | null = null;
@@ -248,6 +293,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
           clearInterval(sweepTimer);
           clearInterval(renewTimer);
           const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+          await gateway.close();
           server.closeIdleConnections();
           const timer = setTimeout(() => server.closeAllConnections(), graceMs);
           await drained;

@@ -145,6 +145,10 @@ export class SqliteStore implements Store {
       serviceByName: d.prepare('SELECT * FROM services WHERE owner = ? AND name = ?'),
       serviceById: d.prepare('SELECT * FROM services WHERE id = ?'),
       serviceByToken: d.prepare('SELECT * FROM services WHERE token_hash = ?'),
+      serviceByPort: d.prepare('SELECT * FROM services WHERE port = ?'),
+      tunnelsOffline: d.prepare(
+        "UPDATE services SET status = 'offline' WHERE tunnel = 'ssh' AND status = 'ready' RETURNING *",
+      ),
       servicesOf: d.prepare('SELECT * FROM services WHERE owner = ?'),
       allServices: d.prepare('SELECT * FROM services ORDER BY owner, name'),
       takenInRange: d
@@ -375,6 +379,17 @@ export class SqliteStore implements Store {
   findServiceByTokenHash(hash: Buffer): ServiceRow | null {
     const r = this.stmts.serviceByToken.get(hash) as Row | undefined;
     return r ? toService(r) : null;
+  }
+
+  findServiceByPort(port: number): ServiceRow | null {
+    const r = this.stmts.serviceByPort.get(port) as Row | undefined;
+    return r ? toService(r) : null;
+  }
+
+  markTunnelsOffline(): ServiceRow[] {
+    return this.db
+      .transaction(() => (this.stmts.tunnelsOffline.all() as Row[]).map(toService))
+      .immediate();
   }
 
   queryServices(q: ServiceQuery): ServiceRow[] {

@@ -120,6 +120,8 @@ export interface Store {
   getService(owner: string, name: string): ServiceRow | null;
   getServiceById(id: string): ServiceRow | null;
   findServiceByTokenHash(hash: Buffer): ServiceRow | null;
+  /** The live service holding a port, if any. */
+  findServiceByPort(port: number): ServiceRow | null;
   queryServices(q: ServiceQuery): ServiceRow[];
   updateService(
     id: string,
@@ -137,6 +139,8 @@ export interface Store {
   /** Mark heartbeating services that went quiet offline; returns them. */
   markStale(heartbeatBefore: number): ServiceRow[];
   listServices(): ServiceRow[];
+  /** At start: tunnels died with the previous process, so every ready `ssh` service is offline. */
+  markTunnelsOffline(): ServiceRow[];
 
   insertKey(row: KeyRow): void;
   findKeyByHash(hash: Buffer): KeyRow | null;
