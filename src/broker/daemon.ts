@@ -115,6 +115,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     // removed service's token and keys stop working at once.
     const onRemoved: ((s: ServiceRow) => void)[] = [];
     const gatewayRef = { port: ssh.port };
+    const hostKey = loadOrCreateHostKey(dir);
     const events: ServiceEvents = {
       removed: (s, reason) => {
         for (const listener of onRemoved) listener(s);
@@ -140,6 +141,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       caCertPem: ca.caCertPem,
       publicHost,
       sshPort: () => gatewayRef.port,
+      sshHostKey: hostKey.publicKey,
     });
     const principals = new PrincipalAdmin({
       store,
@@ -158,7 +160,6 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     for (const s of store.markTunnelsOffline()) {
       log.info({ service: `${s.owner}/${s.name}` }, 'offline until its reverse tunnel reattaches');
     }
-    const hostKey = loadOrCreateHostKey(dir);
     const gateway = new Gateway({
       config,
       store,

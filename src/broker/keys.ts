@@ -27,6 +27,8 @@ export interface KeyDeps {
   caCertPem: string;
   publicHost: string;
   sshPort: () => number;
+  /** The gateway's public host key (`ssh-ed25519 AAAA…`), for the known_hosts line. */
+  sshHostKey?: string;
 }
 
 export class KeyService {
@@ -98,6 +100,9 @@ export class KeyService {
       host: s.tunnel === 'ssh' ? '127.0.0.1' : s.host,
       port: s.port,
       ssh: `ssh -N -p ${this.d.sshPort()} -L ${s.port}:${target}:${s.port} ${principal}@${this.d.publicHost}`,
+      ...(this.d.sshHostKey
+        ? { knownHosts: `[${this.d.publicHost}]:${this.d.sshPort()} ${this.d.sshHostKey}` }
+        : {}),
     };
     if (s.mode === 'tcp') info.netcat = `(echo "$BROKER_KEY"; cat) | nc 127.0.0.1 ${s.port}`;
     else info.url = `https://localhost:${s.port}/`;

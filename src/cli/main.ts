@@ -21,6 +21,7 @@ const MODULES: Record<string, () => Promise<CommandModule>> = {
   services: () => import('./commands/services.js'),
   admin: () => import('./commands/admin.js'),
   status: () => import('./commands/status.js'),
+  tunnel: () => import('./commands/tunnel.js'),
 };
 const MODULE_OF: Record<string, string> = {
   serve: 'serve',
@@ -37,6 +38,8 @@ const MODULE_OF: Record<string, string> = {
   ca: 'status',
   status: 'status',
   audit: 'status',
+  tunnel: 'tunnel',
+  connect: 'tunnel',
 };
 
 /** Wraps a command body: its return value is the exit code; errors print one line. */

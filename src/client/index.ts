@@ -2,3 +2,5 @@
 export { BrokerClient, type BrokerClientOptions, type KeyInfo } from './broker-client.js';
 export { discoverCredentials, type Credentials, type DiscoverOptions } from './credentials.js';
 export * from '../protocol/index.js';
+export { openTunnel, connect, handshake, Tunnel, type TunnelOptions } from './tunnel.js';
+export { gatewayInfo, knownHostsLine, sshConnect, type GatewayInfo } from './ssh.js';

@@ -3,3 +3,4 @@ export * from './names.js';
 export * from './tokens.js';
 export * from './types.js';
 export * from './constants.js';
+export * from './splice.js';

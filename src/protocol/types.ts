@@ -51,6 +51,8 @@ export interface ConnectInfo {
   port: number;
   /** `ssh -N -L` through the broker's gateway (stock OpenSSH). */
   ssh: string;
+  /** The gateway's `known_hosts` line, so stock OpenSSH checks its host key. */
+  knownHosts?: string;
   /** For https services: the URL on the local end of that tunnel. */
   url?: string;
   /** The key handshake for tcp services, from a shell. */
@@ -102,7 +104,8 @@ export type WhoAmI =
 export interface Health {
   status: 'ok';
   version: string;
-  gateway?: { host: string; port: number; hostKey: string };
+  /** The SSH gateway; `fingerprint` is what clients pin (`SHA256:…`). */
+  gateway?: { host: string; port: number; hostKey: string; fingerprint: string };
 }
 
 export interface AuditEvent {

@@ -1,8 +1,13 @@
 /**
- * The server SDK: the broker calls a server needs (register, ready, heartbeat, verify, unregister)
- * through BrokerClient, and `gate()` for TCP servers. The HTTPS middleware and the tunnel keeper
- * come with the HTTPS and gateway issues.
+ * The server SDK: `registerService()` (register, reverse tunnel with reconnect, heartbeats,
+ * events), `gate()` for TCP servers, and BrokerClient for the rest.
  */
 export { BrokerClient } from '../client/broker-client.js';
 export { gate, type GateOptions, type GatedHandler } from './gate.js';
+export {
+  registerService,
+  BrokerService,
+  type RegisterServiceOptions,
+  type ServiceState,
+} from './service.js';
 export { MAX_KEY_LINE_BYTES, KEY_LINE_TIMEOUT_MS } from '../protocol/constants.js';

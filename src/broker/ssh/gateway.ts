@@ -23,6 +23,7 @@ import { canonicalIp } from '../net-util.js';
 import { canSee } from '../services.js';
 import type { ServiceRow, Store } from '../store/store.js';
 import type { HostKey } from './host-key.js';
+import { splice } from '../../protocol/splice.js';
 
 type Connection = ssh2.Connection;
 
@@ -317,13 +318,10 @@ export class Gateway {
   }
 
   private pipe(a: Duplex, b: Duplex): void {
-    a.on('error', () => b.destroy());
-    b.on('error', () => a.destroy());
-    a.on('data', (c: Buffer) => (this.bytesForwarded += c.length));
-    b.on('data', (c: Buffer) => (this.bytesForwarded += c.length));
-    a.pipe(b).pipe(a);
-    a.once('close', () => b.destroy());
-    b.once('close', () => a.destroy());
+    const count = (c: Buffer) => (this.bytesForwarded += c.length);
+    a.on('data', count);
+    b.on('data', count);
+    splice(a, b);
   }
 
   private directForward(

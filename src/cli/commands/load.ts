@@ -73,6 +73,9 @@ Examples:
               `key for ${s.owner}/${s.name} (${s.mode} on ${res.connect.host}:${res.connect.port}), id ${res.keyId}, ` +
                 `expires ${res.expiresAt}${res.once ? ', one use' : ''}:\n${res.key}\n` +
                 `tunnel: ${res.connect.ssh}\n` +
+                (res.connect.knownHosts
+                  ? `        (host key, for ~/.ssh/known_hosts: ${res.connect.knownHosts})\n`
+                  : '') +
                 (res.connect.netcat
                   ? `then:   BROKER_KEY=<key above>; ${res.connect.netcat}\n`
                   : '') +

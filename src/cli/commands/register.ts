@@ -3,7 +3,18 @@ import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { RegisterRequest } from '../../protocol/types.js';
 import type { Action } from '../main.js';
+import type { BrokerClient } from '../../client/broker-client.js';
 import { client, envLines, formatOf, parseDuration, printJson, UsageError } from '../util.js';
+
+/** The exact `ssh -R` line for a tunnelled service (the gateway's address comes from the API). */
+async function attachHint(broker: BrokerClient, owner: string): Promise<string> {
+  const g = (await broker.health()).gateway;
+  return (
+    `next: start your server on a local port APP, then attach it (password: the service token):\n` +
+    `  ssh -N -p ${g?.port ?? 7722} -R 0:127.0.0.1:APP ${owner}@${g?.host ?? '<broker host>'}\n` +
+    `or from code: registerService({ name, target: { port: APP } }) (server SDK)\n`
+  );
+}
 
 export function define(program: Command, action: Action): void {
   program
@@ -68,7 +79,6 @@ unregister work in the same script with no more set-up.`,
           }
           const broker = client(io);
           const res = await broker.register(req);
-          broker.close();
           let caPath: string | undefined = io.env.BROKER_CA;
           if (opts.outDir && res.tls) {
             const dir = resolve(String(opts.outDir));
@@ -108,9 +118,10 @@ unregister work in the same script with no more set-up.`,
                 `service token (shown once, keep it secret):\n${res.serviceToken}\n` +
                 (s.tunnel === 'none'
                   ? `next: start your server on port ${s.port}, then run: BROKER_TOKEN=<service token> broker ready ${s.name}\n`
-                  : `next: attach the reverse tunnel with the service token (ssh -R 0:127.0.0.1:<app port>)\n`),
+                  : await attachHint(broker, s.owner)),
             );
           }
+          broker.close();
           return 0;
         },
       ),

@@ -49,6 +49,9 @@ export function define(program: Command, action: Action): void {
               : `service ${who.service.owner}/${who.service.name}`;
           io.stdout.write(
             `broker:  ${broker.url} (${health.status}, version ${health.version})\nas:      ${as}\n` +
+              (health.gateway
+                ? `gateway: ${health.gateway.host}:${health.gateway.port} host key ${health.gateway.fingerprint}\n`
+                : '') +
               Object.entries(broker.credentials.sources)
                 .map(([k, v]) => `${k.padEnd(8)} from ${v}`)
                 .join('\n') +

@@ -1,0 +1,231 @@
+/**
+ * registerService(): the server side in one call. Registers (or reuses a registration), keeps the
+ * reverse tunnel to the gateway up with reconnect and backoff — also across a broker restart —,
+ * heartbeats, and exposes state changes as events. Connections arriving through the tunnel are
+ * carried to `target` (a TCP port or a Unix socket), which is normally a gated server.
+ */
+import { EventEmitter } from 'node:events';
+import { connect as netConnect, type Socket } from 'node:net';
+import { BrokerClient } from '../client/broker-client.js';
+import { gatewayInfo, sshConnect } from '../client/ssh.js';
+import { BrokerError } from '../protocol/errors.js';
+import type { RegisterRequest, Service, VerifyResponse } from '../protocol/types.js';
+import { gate, type GatedHandler, type GateOptions } from './gate.js';
+import { splice } from '../protocol/splice.js';
+
+export type ServiceState = 'connecting' | 'ready' | 'offline' | 'closed';
+
+export interface RegisterServiceOptions extends Omit<RegisterRequest, 'name'> {
+  name: string;
+  /** The client used to register (a user token; default: discovered credentials). */
+  broker?: BrokerClient;
+  /** Where tunnelled connections go: a TCP port on this host, or a Unix socket path. */
+  target?: { port: number; host?: string } | { path: string };
+  /** Heartbeat period (default 30 s). */
+  heartbeatSeconds?: number;
+  /** Attach to an existing registration instead of registering (e.g. after a process restart). */
+  existing?: { service: Service; serviceToken: string };
+}
+
+/**
+ * A registered service. Events: `state` (ServiceState), `warning` (Error, recoverable),
+ * `removed` (the broker no longer knows the service).
+ */
+export class BrokerService extends EventEmitter {
+  state: ServiceState = 'connecting';
+  /** A client authenticated with this service's token (verify, ready, heartbeat, unregister). */
+  readonly client: BrokerClient;
+  private closed = false;
+  private ssh: { end(): void } | null = null;
+  private heartbeat: NodeJS.Timeout | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(
+    public service: Service,
+    readonly serviceToken: string,
+    private readonly opts: RegisterServiceOptions,
+    url: string | undefined,
+    ca: string | undefined,
+  ) {
+    super();
+    this.client = new BrokerClient({ url, ca, token: serviceToken, env: {} });
+  }
+
+  get ref(): string {
+    return `${this.service.owner}/${this.service.name}`;
+  }
+
+  get port(): number {
+    return this.service.port;
+  }
+
+  private setState(s: ServiceState): void {
+    if (this.state === s) return;
+    this.state = s;
+    this.emit('state', s);
+  }
+
+  /** Ask the broker about a presented key. */
+  verify(key: string): Promise<VerifyResponse> {
+    return this.client.verify(key);
+  }
+
+  /** A connection listener that lets only key holders reach `handler` (DESIGN §7). */
+  gate(handler: GatedHandler, opts: Omit<GateOptions, 'verify'> = {}): (socket: Socket) => void {
+    return gate(handler, { ...opts, verify: (k) => this.verify(k) });
+  }
+
+  /** tunnel "none": confirm the server listens on its port. */
+  async ready(): Promise<Service> {
+    this.service = await this.client.ready(this.ref);
+    this.setState('ready');
+    return this.service;
+  }
+
+  start(): void {
+    const period = (this.opts.heartbeatSeconds ?? 30) * 1000;
+    this.heartbeat = setInterval(() => {
+      this.client.heartbeat(this.ref).then(
+        (s) => (this.service = s),
+        (err: BrokerError) => {
+          if (err.code === 'unauthenticated' || err.code === 'service_not_found')
+            this.removedByBroker();
+          else this.emit('warning', err);
+        },
+      );
+    }, period);
+    this.heartbeat.unref();
+    if (this.service.tunnel === 'ssh') void this.keepTunnel();
+  }
+
+  private removedByBroker(): void {
+    if (this.closed) return;
+    this.emit('removed');
+    this.stop();
+  }
+
+  /** Reconnect loop: 0.5 s doubling to 30 s, with jitter; reset after a good connection. */
+  private async keepTunnel(): Promise<void> {
+    let delay = 500;
+    while (!this.closed) {
+      this.setState('connecting');
+      try {
+        const g = await gatewayInfo(this.client);
+        const ssh = await sshConnect(g, this.service.owner, this.serviceToken);
+        this.ssh = ssh;
+        ssh.on('tcp connection', (_info, accept) => this.carry(accept()));
+        await new Promise<void>((resolve, reject) =>
+          ssh.forwardIn('127.0.0.1', 0, (err) =>
+            err
+              ? reject(
+                  new BrokerError(
+                    'forbidden',
+                    `the gateway refused the reverse tunnel: ${err.message}`,
+                  ),
+                )
+              : resolve(),
+          ),
+        );
+        this.setState('ready');
+        delay = 500;
+        await new Promise<void>((resolve) => ssh.once('close', () => resolve()));
+        this.ssh = null;
+        if (!this.closed) this.setState('offline');
+      } catch (err) {
+        this.ssh?.end();
+        this.ssh = null;
+        if ((err as BrokerError).code === 'unauthenticated') {
+          // The token no longer works: the service was unregistered or reaped.
+          this.removedByBroker();
+          return;
+        }
+        if (!this.closed) {
+          this.setState('offline');
+          this.emit('warning', err);
+        }
+      }
+      if (this.closed) return;
+      const wait = delay / 2 + Math.floor((Math.random() * delay) / 2); // eslint-disable-line no-restricted-properties -- jitter, not a secret
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        setTimeout(resolve, wait).unref();
+      });
+      delay = Math.min(delay * 2, 30_000);
+    }
+  }
+
+  private carry(ch: import('node:stream').Duplex): void {
+    const t = this.opts.target ?? { port: 0 };
+    const up =
+      'path' in t ? netConnect(t.path) : netConnect({ host: t.host ?? '127.0.0.1', port: t.port });
+    if (!('path' in t)) up.setNoDelay(true);
+    splice(ch, up);
+  }
+
+  private stop(): void {
+    this.closed = true;
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.ssh?.end();
+    this.wake?.();
+    this.setState('closed');
+    this.client.close();
+  }
+
+  /** Stop the tunnel and heartbeats and unregister (unless `keepRegistration`). */
+  async close(opts: { keepRegistration?: boolean } = {}): Promise<void> {
+    if (this.closed) return;
+    this.stop();
+    if (!opts.keepRegistration) {
+      const c = new BrokerClient({
+        url: this.client.url,
+        ca: this.client.credentials.ca,
+        token: this.serviceToken,
+        env: {},
+      });
+      try {
+        await c.unregister(this.ref);
+      } catch (err) {
+        if (
+          (err as BrokerError).code !== 'service_not_found' &&
+          (err as BrokerError).code !== 'unauthenticated'
+        )
+          throw err;
+      } finally {
+        c.close();
+      }
+    }
+  }
+}
+
+/**
+ * Register a service and keep it reachable.
+ * @example
+ * ```ts
+ * const app = net.createServer(handler).listen(0, '127.0.0.1');
+ * const svc = await registerService({ name: 'viz', target: { port: app.address().port } });
+ * svc.on('state', (s) => console.log('tunnel', s));
+ * // clients: broker load viz / broker connect viz
+ * ```
+ */
+export async function registerService(opts: RegisterServiceOptions): Promise<BrokerService> {
+  const broker = opts.broker ?? new BrokerClient();
+  let service: Service;
+  let serviceToken: string;
+  if (opts.existing) {
+    ({ service, serviceToken } = opts.existing);
+  } else {
+    const { broker: _b, target: _t, heartbeatSeconds: _h, existing: _e, ...req } = opts;
+    if ((opts.tunnel ?? 'ssh') === 'ssh' && !opts.target) {
+      throw new BrokerError(
+        'validation_failed',
+        'a tunnelled service needs a target: { port } or { path }',
+      );
+    }
+    const res = await broker.register(req);
+    service = res.service;
+    serviceToken = res.serviceToken;
+  }
+  const svc = new BrokerService(service, serviceToken, opts, broker.url, broker.credentials.ca);
+  svc.start();
+  return svc;
+}

@@ -1,0 +1,367 @@
+/**
+ * Issue 4 end to end: the SSH gateway with the SDK's reverse tunnel, the CLI's tunnel and
+ * connect, and stock OpenSSH (`ssh -N -L`, `ssh -N -R`, ProxyCommand) — real processes only.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BrokerClient } from '../../src/client/broker-client.js';
+import { connect } from '../../src/client/tunnel.js';
+import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'broker-gw-'));
+const askpass = join(tmp, 'askpass');
+writeFileSync(askpass, '#!/bin/sh\nprintf "%s\\n" "$BROKER_SSH_PASSWORD"\n');
+chmodSync(askpass, 0o700);
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+/** Wait until `pred` holds, polling. */
+async function until(
+  pred: () => boolean | Promise<boolean>,
+  ms = 10_000,
+  what = 'condition',
+): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await pred()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+/** Connect, optionally present a key, send `msg`, return what comes back within `ms`. */
+function exchange(port: number, msg: string, key?: string, ms = 3000): Promise<string> {
+  return new Promise((resolve) => {
+    const s = createConnection({ host: '127.0.0.1', port });
+    let out = '';
+    const end = () => {
+      s.destroy();
+      resolve(out);
+    };
+    const timer = setTimeout(end, ms);
+    s.on('data', (c) => {
+      out += c.toString();
+      if (out.includes('echo:')) {
+        clearTimeout(timer);
+        setTimeout(end, 50);
+      }
+    });
+    s.on('error', end);
+    s.on('close', () => {
+      clearTimeout(timer);
+      resolve(out);
+    });
+    s.write(key ? `${key}\n${msg}` : msg);
+  });
+}
+
+describe('SSH gateway end to end', () => {
+  let d: Daemon;
+  let apiPort: number;
+  let sshPort: number;
+  let caFile: string;
+  let owner: string;
+  let knownHosts: string;
+  const children: ChildProcess[] = [];
+  const servers: Server[] = [];
+
+  const userEnv = () => ({ BROKER_URL: d.url, BROKER_CA: caFile, BROKER_TOKEN: d.adminToken });
+  const sshBase = () => [
+    '-N',
+    '-p',
+    String(sshPort),
+    '-o',
+    `UserKnownHostsFile=${knownHosts}`,
+    '-o',
+    'StrictHostKeyChecking=yes',
+    '-o',
+    'PreferredAuthentications=password',
+    '-o',
+    'PubkeyAuthentication=no',
+    '-o',
+    'ExitOnForwardFailure=yes',
+    '-o',
+    'BatchMode=no',
+  ];
+  function stockSsh(args: string[], password: string): ChildProcess {
+    const c = spawn('ssh', args, {
+      env: {
+        PATH: process.env.PATH,
+        HOME: tmp,
+        BROKER_SSH_PASSWORD: password,
+        SSH_ASKPASS: askpass,
+        SSH_ASKPASS_REQUIRE: 'force',
+        DISPLAY: 'none',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    children.push(c);
+    return c;
+  }
+  function sdkServer(name: string): { proc: ChildProcess; lines: string[] } {
+    const proc = spawn(process.execPath, [join(ROOT, 'test', 'fixtures', 'sdk-server.mjs')], {
+      env: { PATH: process.env.PATH, HOME: tmp, NAME: name, ...userEnv() },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const lines: string[] = [];
+    proc.stdout!.on('data', (c: Buffer) => lines.push(...c.toString().trim().split('\n')));
+    children.push(proc);
+    return { proc, lines };
+  }
+
+  beforeAll(async () => {
+    apiPort = await freePort();
+    sshPort = await freePort();
+    d = await Daemon.start({
+      extraArgs: ['--listen', `127.0.0.1:${apiPort}`, '--ssh-listen', `127.0.0.1:${sshPort}`],
+    });
+    caFile = join(tmp, 'ca.pem');
+    writeFileSync(caFile, d.ca);
+    const health = await d.api('GET', '/v1/health', { token: null });
+    expect(health.body.gateway).toMatchObject({
+      port: sshPort,
+      fingerprint: expect.stringMatching(/^SHA256:/),
+    });
+    knownHosts = join(tmp, 'known_hosts');
+    writeFileSync(knownHosts, `[127.0.0.1]:${sshPort} ${health.body.gateway.hostKey}\n`);
+    owner = (await d.api('GET', '/v1/whoami')).body.principal.name;
+  });
+
+  afterAll(async () => {
+    for (const c of children) {
+      try {
+        if (c.pid) process.kill(c.detached ? -c.pid : c.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    for (const s of servers) s.close();
+    await d?.stop();
+  });
+
+  it('ok/SDK reverse tunnel → ready; broker connect carries data after the key handshake', async () => {
+    const { lines } = sdkServer('sdkecho');
+    await until(() => lines.includes('state ready'), 15_000, 'the SDK tunnel');
+    expect((await d.api('GET', `/v1/services/${owner}/sdkecho`)).body.service.status).toBe('ready');
+    const r = await d.cli(['connect', 'sdkecho'], { env: userEnv(), input: 'hello' });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe(`echo:hello|${owner}`);
+  });
+
+  it('ok/SDK connect() returns a stream after the handshake', async () => {
+    const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
+    const s = await connect(broker, 'sdkecho');
+    const got = await new Promise<string>((resolve) => {
+      s.once('data', (c) => resolve(c.toString()));
+      s.write('x');
+    });
+    s.destroy();
+    broker.close();
+    expect(got).toBe(`echo:x|${owner}`);
+  });
+
+  it('ok/half-close: a client that ends right after writing still gets its answer (×20)', async () => {
+    // Regression: ssh2 closed server-side channels on EOF, so the echo was lost ~29 times in 30.
+    const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
+    for (let i = 0; i < 20; i++) {
+      const s = await connect(broker, 'sdkecho');
+      const out = await new Promise<string>((resolve) => {
+        let o = '';
+        s.on('data', (c) => (o += c));
+        s.once('close', () => resolve(o));
+        s.end(`m${i}`);
+      });
+      expect(out).toBe(`echo:m${i}|${owner}`);
+    }
+    broker.close();
+  });
+
+  it('ok/broker tunnel --inject-key: a key-unaware client just connects', async () => {
+    const lp = await freePort();
+    const t = spawn(
+      process.execPath,
+      [BIN, 'tunnel', 'sdkecho', '--local-port', String(lp), '--inject-key', '--json'],
+      {
+        env: { PATH: process.env.PATH, HOME: tmp, ...userEnv() },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    children.push(t);
+    let out = '';
+    t.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => out.includes('localPort'), 10_000, 'the tunnel');
+    expect(JSON.parse(out).localPort).toBe(lp);
+    expect(await exchange(lp, 'plain')).toBe(`echo:plain|${owner}`);
+    t.kill('SIGTERM');
+  });
+
+  it('ok/stock ssh -N -L with a user token as password; data flows after the key handshake', async () => {
+    const reg = await d.api('GET', `/v1/services/${owner}/sdkecho`);
+    const port = reg.body.service.port;
+    const lp = await freePort();
+    stockSsh([...sshBase(), '-L', `${lp}:127.0.0.1:${port}`, `${owner}@127.0.0.1`], d.adminToken);
+    const { key } = (await d.api('POST', `/v1/services/${owner}/sdkecho/keys`, { body: {} })).body;
+    await until(
+      async () => (await exchange(lp, 'probe', key, 500)).includes('echo:'),
+      15_000,
+      'ssh -L',
+    );
+    expect(await exchange(lp, 'via-openssh', key)).toBe(`OK\necho:via-openssh|${owner}`);
+    expect(await exchange(lp, 'no-key', 'bkk_' + 'n'.repeat(43))).toBe('DENIED\n');
+  });
+
+  it('ok/stock ssh -N -R with a service token publishes a server; fail/ with a user token it is refused', async () => {
+    // The app behind the reverse tunnel is a gated echo server written with the SDK's gate().
+    const reg = await d.api('POST', '/v1/services', { body: { name: 'stockr' } });
+    const { serviceToken, service } = reg.body;
+    const svcClient = new BrokerClient({ url: d.url, ca: d.ca, token: serviceToken, env: {} });
+    const { gate } = await import('../../src/server-sdk/gate.js');
+    const app = createServer(
+      gate((s) => s.on('data', (c) => s.write(`echo:${c}`)), {
+        verify: (k) => svcClient.verify(k),
+      }),
+    );
+    servers.push(app);
+    await new Promise<void>((r) => app.listen(0, '127.0.0.1', r));
+    const appPort = (app.address() as { port: number }).port;
+    const bad = stockSsh(
+      [...sshBase(), '-R', `0:127.0.0.1:${appPort}`, `${owner}@127.0.0.1`],
+      d.adminToken,
+    );
+    const badExit = await new Promise<number | null>((r) => bad.once('exit', r));
+    expect(badExit).not.toBe(0);
+    const r = stockSsh(
+      [...sshBase(), '-R', `0:127.0.0.1:${appPort}`, `${owner}@127.0.0.1`],
+      serviceToken,
+    );
+    let err = '';
+    r.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    await until(
+      async () =>
+        (await d.api('GET', `/v1/services/${owner}/stockr`)).body.service.status === 'ready',
+      15_000,
+      'ssh -R',
+    );
+    expect(err).toContain(`Allocated port ${service.port}`);
+    const { key } = (await d.api('POST', `/v1/services/${owner}/stockr/keys`, { body: {} })).body;
+    // On the broker host the service is published on 127.0.0.1:<port> and still gated.
+    expect(await exchange(service.port, 'r1', key)).toBe('OK\necho:r1');
+    expect(await exchange(service.port, 'r2', 'bkk_' + 'w'.repeat(43))).toBe('DENIED\n');
+    r.kill('SIGTERM');
+    await until(
+      async () =>
+        (await d.api('GET', `/v1/services/${owner}/stockr`)).body.service.status === 'offline',
+      5000,
+      'offline',
+    );
+    svcClient.close();
+  });
+
+  it('ok/ProxyCommand="broker connect NAME" carries an SSH session', async () => {
+    // The service is an SSH server (here: the broker's own gateway behind a gate), reached with
+    // stock ssh whose transport is `broker connect`.
+    const reg = await d.api('POST', '/v1/services', { body: { name: 'sshsvc' } });
+    const { serviceToken } = reg.body;
+    const svcClient = new BrokerClient({ url: d.url, ca: d.ca, token: serviceToken, env: {} });
+    const { gate } = await import('../../src/server-sdk/gate.js');
+    const front = createServer(
+      gate(
+        (s) => {
+          const up = createConnection({ host: '127.0.0.1', port: sshPort });
+          s.pipe(up).pipe(s);
+          up.on('error', () => s.destroy());
+        },
+        { verify: (k) => svcClient.verify(k) },
+      ),
+    );
+    servers.push(front);
+    await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+    const { registerService } = await import('../../src/server-sdk/service.js');
+    const svc = await registerService({
+      broker: new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} }),
+      name: 'sshsvc',
+      existing: { service: reg.body.service, serviceToken },
+      target: { port: (front.address() as { port: number }).port },
+    });
+    await until(() => svc.state === 'ready', 10_000, 'sshsvc tunnel');
+    const sdk = await d.api('GET', `/v1/services/${owner}/sdkecho`);
+    const lp = await freePort();
+    const proxy = `${process.execPath} ${BIN} connect sshsvc`;
+    const env = { ...userEnv() };
+    const c = spawn(
+      'ssh',
+      [
+        ...sshBase(),
+        '-o',
+        `ProxyCommand=${proxy}`,
+        '-o',
+        `HostKeyAlias=[127.0.0.1]:${sshPort}`,
+        '-L',
+        `${lp}:127.0.0.1:${sdk.body.service.port}`,
+        `${owner}@inner`,
+      ],
+      {
+        env: {
+          PATH: process.env.PATH,
+          HOME: tmp,
+          BROKER_SSH_PASSWORD: d.adminToken,
+          SSH_ASKPASS: askpass,
+          SSH_ASKPASS_REQUIRE: 'force',
+          DISPLAY: 'none',
+          ...env,
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
+      },
+    );
+    children.push(c);
+    const { key } = (await d.api('POST', `/v1/services/${owner}/sdkecho/keys`, { body: {} })).body;
+    await until(
+      async () => (await exchange(lp, 'probe', key, 500)).includes('echo:'),
+      20_000,
+      'ssh over ProxyCommand',
+    );
+    expect(await exchange(lp, 'proxied', key)).toBe(`OK\necho:proxied|${owner}`);
+    await svc.close();
+    svcClient.close();
+  });
+
+  it('DUR-4: the SDK reattaches after a broker restart; kill -9 of the server → offline', async () => {
+    const { proc, lines } = sdkServer('survivor');
+    await until(() => lines.includes('state ready'), 15_000, 'first attach');
+    await d.stop();
+    await d.launch();
+    // After the restart the service is offline until its tunnel reattaches, then ready again.
+    await until(
+      async () =>
+        (await d.api('GET', `/v1/services/${owner}/survivor`)).body.service?.status === 'ready',
+      30_000,
+      'reattach',
+    );
+    expect(lines.filter((l) => l === 'state ready').length).toBeGreaterThanOrEqual(2);
+    const r = await d.cli(['connect', 'survivor'], {
+      env: { ...userEnv(), BROKER_TOKEN: d.adminToken },
+      input: 'again',
+    });
+    expect(r.stdout).toBe(`echo:again|${owner}`);
+    proc.kill('SIGKILL');
+    await until(
+      async () =>
+        (await d.api('GET', `/v1/services/${owner}/survivor`)).body.service.status === 'offline',
+      10_000,
+      'offline',
+    );
+  });
+});
