@@ -7,7 +7,18 @@ import type { Clock } from './clock.js';
 import { hashSecret, newId, newSecret } from './secrets.js';
 import { principalJson, tokenJson } from './serialize.js';
 import type { ServiceEvents } from './services.js';
-import type { Store, TokenRow } from './store/store.js';
+import type { SshKeyRow, Store, TokenRow } from './store/store.js';
+import { parsePublicKey } from './ssh/public-keys.js';
+
+function sshKeyJson(k: SshKeyRow) {
+  return {
+    fingerprint: k.fingerprint,
+    principal: k.principal,
+    key: k.key,
+    comment: k.comment,
+    createdAt: new Date(k.createdAt).toISOString(),
+  };
+}
 
 export interface PrincipalDeps {
   store: Store;
@@ -170,6 +181,51 @@ export class PrincipalAdmin {
       details: { tokenId: row.id },
     });
     return { token, tokenInfo: tokenJson(row) };
+  }
+
+  listSshKeys(id: Identity, principal: string) {
+    if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
+      throw new BrokerError('principal_not_found', `no principal ${principal}`);
+    }
+    return { keys: this.d.store.listSshKeys(principal).map(sshKeyJson) };
+  }
+
+  addSshKey(id: Identity, principal: string, text: string, source: string) {
+    if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
+      throw new BrokerError('principal_not_found', `no principal ${principal}`);
+    }
+    const k = parsePublicKey(text);
+    const row = {
+      fingerprint: k.fingerprint,
+      principal,
+      key: k.key,
+      comment: k.comment,
+      createdAt: this.d.clock.now(),
+    };
+    this.d.store.addSshKey(row);
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'ssh_key.add',
+      target: principal,
+      outcome: 'ok',
+      source,
+      details: { fingerprint: k.fingerprint },
+    });
+    return { key: sshKeyJson(row) };
+  }
+
+  removeSshKey(id: Identity, principal: string, fingerprint: string, source: string): void {
+    if (!this.mayManage(id, principal) || !this.d.store.deleteSshKey(principal, fingerprint)) {
+      throw new BrokerError('not_found', `no SSH key ${fingerprint.slice(0, 60)} for ${principal}`);
+    }
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'ssh_key.remove',
+      target: principal,
+      outcome: 'ok',
+      source,
+      details: { fingerprint },
+    });
   }
 
   revokeToken(id: Identity, tokenId: string, source: string): void {

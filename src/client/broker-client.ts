@@ -29,6 +29,14 @@ export interface BrokerClientOptions extends DiscoverOptions {
   timeoutMs?: number;
 }
 
+export interface SshKeyInfo {
+  fingerprint: string;
+  principal: string;
+  key: string;
+  comment: string | null;
+  createdAt: string;
+}
+
 export interface KeyInfo {
   keyId: string;
   principal: string;
@@ -300,6 +308,29 @@ export class BrokerClient {
 
   async revokeToken(tokenId: string): Promise<void> {
     await this.request('DELETE', `/v1/tokens/${encodeURIComponent(tokenId)}`);
+  }
+
+  /** Register an SSH public key (`ssh-ed25519 AAAA… comment`) for gateway publickey auth. */
+  addSshKey(principal: string, key: string): Promise<{ key: SshKeyInfo }> {
+    return this.request('POST', `/v1/principals/${encodeURIComponent(principal)}/ssh-keys`, {
+      key,
+    });
+  }
+
+  async listSshKeys(principal: string): Promise<SshKeyInfo[]> {
+    return (
+      await this.request<{ keys: SshKeyInfo[] }>(
+        'GET',
+        `/v1/principals/${encodeURIComponent(principal)}/ssh-keys`,
+      )
+    ).keys;
+  }
+
+  async removeSshKey(principal: string, fingerprint: string): Promise<void> {
+    await this.request(
+      'DELETE',
+      `/v1/principals/${encodeURIComponent(principal)}/ssh-keys/${encodeURIComponent(fingerprint)}`,
+    );
   }
 
   async audit(opts: { since?: string; limit?: number } = {}): Promise<AuditEvent[]> {

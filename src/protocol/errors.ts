@@ -28,6 +28,10 @@ export const ERROR_CATALOGUE = {
     status: 409,
     summary: 'The service is registered but not ready (pending or offline).',
   },
+  ssh_key_exists: {
+    status: 409,
+    summary: 'This SSH public key is already registered (to this or another principal).',
+  },
   port_unavailable: {
     status: 409,
     summary: 'The requested port is in use, cooling down or outside the range.',

@@ -269,6 +269,81 @@ describe('SSH gateway end to end', () => {
     svcClient.close();
   });
 
+  it('ok/publickey auth with a key registered by `broker user add-key`; fail/ wrong principal, private key, duplicate', async () => {
+    const keyFile = join(tmp, 'id_ed25519');
+    await new Promise<void>((resolve, reject) =>
+      spawn('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'test key', '-f', keyFile]).once(
+        'exit',
+        (c) => (c === 0 ? resolve() : reject(new Error(`ssh-keygen ${c}`))),
+      ),
+    );
+    const add = await d.cli(['user', 'add-key', owner, `${keyFile}.pub`], { env: userEnv() });
+    expect(add.code, add.stderr).toBe(0);
+    expect(add.stdout).toMatch(/^added SHA256:/);
+    expect(
+      (await d.cli(['user', 'add-key', owner, `${keyFile}.pub`], { env: userEnv() })).stderr,
+    ).toMatch(/^broker: ssh_key_exists: /);
+    expect((await d.cli(['user', 'add-key', owner, keyFile], { env: userEnv() })).stderr).toMatch(
+      /private key/,
+    );
+    const listed = JSON.parse(
+      (await d.cli(['user', 'keys', owner, '--json'], { env: userEnv() })).stdout,
+    ).keys;
+    expect(listed).toHaveLength(1);
+    const port = (await d.api('GET', `/v1/services/${owner}/sdkecho`)).body.service.port;
+    const keyAuth = (user: string, lp: number) => {
+      const c = spawn(
+        'ssh',
+        [
+          '-N',
+          '-p',
+          String(sshPort),
+          '-i',
+          keyFile,
+          '-o',
+          'IdentitiesOnly=yes',
+          '-o',
+          `UserKnownHostsFile=${knownHosts}`,
+          '-o',
+          'StrictHostKeyChecking=yes',
+          '-o',
+          'PreferredAuthentications=publickey',
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'ExitOnForwardFailure=yes',
+          '-L',
+          `${lp}:127.0.0.1:${port}`,
+          `${user}@127.0.0.1`,
+        ],
+        {
+          env: { PATH: process.env.PATH, HOME: tmp },
+          stdio: ['ignore', 'pipe', 'pipe'],
+          detached: true,
+        },
+      );
+      children.push(c);
+      return c;
+    };
+    const other = await d.addUser('keyless');
+    expect(other).toMatch(/^bku_/);
+    const wrong = keyAuth('keyless', await freePort());
+    expect(await new Promise((r) => wrong.once('exit', r))).not.toBe(0);
+    const lp = await freePort();
+    keyAuth(owner, lp);
+    const { key } = (await d.api('POST', `/v1/services/${owner}/sdkecho/keys`, { body: {} })).body;
+    await until(
+      async () => (await exchange(lp, 'probe', key, 500)).includes('echo:'),
+      15_000,
+      'ssh -i',
+    );
+    expect(await exchange(lp, 'by-key', key)).toBe(`OK\necho:by-key|${owner}`);
+    const rm = await d.cli(['user', 'remove-key', owner, listed[0].fingerprint], {
+      env: userEnv(),
+    });
+    expect(rm.code, rm.stderr).toBe(0);
+  });
+
   it('ok/ProxyCommand="broker connect NAME" carries an SSH session', async () => {
     // The service is an SSH server (here: the broker's own gateway behind a gate), reached with
     // stock ssh whose transport is `broker connect`.

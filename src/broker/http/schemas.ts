@@ -53,6 +53,8 @@ export const CreateTokenBody = z
   })
   .strict();
 
+export const AddSshKeyBody = z.object({ key: z.string().min(20).max(4096) }).strict();
+
 export const QueryParams = z
   .object({
     match: z.string().regex(GLOB_RE, 'a glob of name characters, * and ?').optional(),

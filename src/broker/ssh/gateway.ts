@@ -22,7 +22,8 @@ import type { Config } from '../config.js';
 import { canonicalIp } from '../net-util.js';
 import { canSee } from '../services.js';
 import type { ServiceRow, Store } from '../store/store.js';
-import type { HostKey } from './host-key.js';
+import { sshFingerprint, type HostKey } from './host-key.js';
+import { verifySignature } from './public-keys.js';
 import { splice } from '../../protocol/splice.js';
 
 type Connection = ssh2.Connection;
@@ -198,12 +199,20 @@ export class Gateway {
       conn.on('close', () => this.connectionClosed(state));
       let tries = 0;
       conn.on('authentication', (ctx) => {
-        if (ctx.method !== 'password') {
-          // publickey and others: not offered yet; `none` is the client asking what is.
-          ctx.reject(['password']);
+        let identity: Identity | null = null;
+        if (ctx.method === 'publickey') {
+          const found = this.findKey(ctx.username, ctx.key.data);
+          // Without a signature the client only asks whether the key would do (no try spent).
+          if (!ctx.signature) return found ? ctx.accept() : ctx.reject(['publickey', 'password']);
+          if (found && verifySignature(found.key, ctx.blob!, ctx.signature, ctx.hashAlgo))
+            identity = found.identity;
+        } else if (ctx.method === 'password') {
+          identity = this.checkPassword(ctx.username, ctx.password);
+        } else {
+          // `none` is the client asking which methods exist.
+          ctx.reject(['publickey', 'password']);
           return;
         }
-        const identity = this.checkPassword(ctx.username, ctx.password);
         if (identity) {
           state.identity = identity;
           ctx.accept();
@@ -217,7 +226,7 @@ export class Gateway {
         if (tries >= this.d.limits.maxAuthTries) {
           ctx.reject();
           conn.end();
-        } else ctx.reject(['password']);
+        } else ctx.reject(['publickey', 'password']);
       });
       conn.on('ready', () => {
         clearTimeout(timer);
@@ -227,6 +236,17 @@ export class Gateway {
       });
     });
     this.ssh.injectSocket(socket);
+  }
+
+  /** A key registered to an enabled principal named `username`. */
+  private findKey(username: string, blob: Buffer): { key: string; identity: Identity } | null {
+    const row = this.d.store.findSshKey(username, sshFingerprint(blob));
+    const principal = row ? this.d.store.getPrincipal(username) : null;
+    if (!row || !principal || principal.disabled) return null;
+    return {
+      key: row.key,
+      identity: { kind: 'principal', principal, tokenId: `ssh:${row.fingerprint}` },
+    };
   }
 
   /** Password = a user token (user name = the principal) or a service token (user name = its owner). */

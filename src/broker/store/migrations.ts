@@ -76,4 +76,14 @@ export const MIGRATIONS: readonly string[] = [
   CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
   CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
   `,
+  /* 2: SSH public keys registered to principals (gateway publickey auth) */ `
+  CREATE TABLE ssh_keys (
+    fingerprint TEXT PRIMARY KEY,
+    principal TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    comment TEXT,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX ssh_keys_principal ON ssh_keys(principal);
+  `,
 ];

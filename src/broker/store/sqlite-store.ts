@@ -16,6 +16,7 @@ import type {
   PrincipalRow,
   ServiceQuery,
   ServiceRow,
+  SshKeyRow,
   Store,
   TokenRow,
 } from './store.js';
@@ -68,6 +69,14 @@ const toKey = (r: Row): KeyRow => ({
   expiresAt: r.expires_at as number,
   usesLeft: (r.uses_left as number | null) ?? null,
   lastUsedAt: (r.last_used_at as number | null) ?? null,
+});
+
+const toSshKey = (r: Row): SshKeyRow => ({
+  fingerprint: r.fingerprint as string,
+  principal: r.principal as string,
+  key: r.key as string,
+  comment: (r.comment as string | null) ?? null,
+  createdAt: r.created_at as number,
 });
 
 const isUnique = (err: unknown, column: string) =>
@@ -192,6 +201,14 @@ export class SqliteStore implements Store {
       touchKey: d.prepare(
         'UPDATE client_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?',
       ),
+      insSshKey: d.prepare(
+        'INSERT INTO ssh_keys (fingerprint, principal, key, comment, created_at) VALUES (@fingerprint, @principal, @key, @comment, @createdAt)',
+      ),
+      sshKeysOf: d.prepare(
+        'SELECT * FROM ssh_keys WHERE principal = ? ORDER BY created_at, fingerprint',
+      ),
+      sshKey: d.prepare('SELECT * FROM ssh_keys WHERE principal = ? AND fingerprint = ?'),
+      delSshKey: d.prepare('DELETE FROM ssh_keys WHERE principal = ? AND fingerprint = ?'),
       insAudit:
         d.prepare(`INSERT INTO audit (at, actor, action, target, outcome, source, count, details)
         VALUES (@at, @actor, @action, @target, @outcome, @source, @count, @details)`),
@@ -512,6 +529,39 @@ export class SqliteStore implements Store {
       .transaction(() => {
         for (const [id, at] of uses) this.stmts.touchKey.run(at, id);
       })
+      .immediate();
+  }
+
+  addSshKey(row: SshKeyRow): void {
+    this.db
+      .transaction(() => {
+        try {
+          this.stmts.insSshKey.run(row);
+        } catch (err) {
+          if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+            throw new BrokerError(
+              'ssh_key_exists',
+              `the key ${row.fingerprint} is already registered`,
+            );
+          }
+          throw err;
+        }
+      })
+      .immediate();
+  }
+
+  listSshKeys(principal: string): SshKeyRow[] {
+    return (this.stmts.sshKeysOf.all(principal) as Row[]).map(toSshKey);
+  }
+
+  findSshKey(principal: string, fingerprint: string): SshKeyRow | null {
+    const r = this.stmts.sshKey.get(principal, fingerprint) as Row | undefined;
+    return r ? toSshKey(r) : null;
+  }
+
+  deleteSshKey(principal: string, fingerprint: string): boolean {
+    return this.db
+      .transaction(() => this.stmts.delSshKey.run(principal, fingerprint).changes > 0)
       .immediate();
   }
 

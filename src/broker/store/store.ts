@@ -55,6 +55,16 @@ export interface KeyRow {
   lastUsedAt: number | null;
 }
 
+export interface SshKeyRow {
+  /** OpenSSH fingerprint, `SHA256:…`. */
+  fingerprint: string;
+  principal: string;
+  /** `type base64` (no comment). */
+  key: string;
+  comment: string | null;
+  createdAt: number;
+}
+
 export interface AuditRow {
   at: number;
   actor: string | null;
@@ -152,6 +162,12 @@ export interface Store {
   deleteExpiredKeys(now: number): number;
   /** Record last use times in one transaction (batched off the verify path). */
   touchKeys(uses: Map<string, number>): void;
+
+  /** Register an SSH public key; throws BrokerError ssh_key_exists if its fingerprint is known. */
+  addSshKey(row: SshKeyRow): void;
+  listSshKeys(principal: string): SshKeyRow[];
+  findSshKey(principal: string, fingerprint: string): SshKeyRow | null;
+  deleteSshKey(principal: string, fingerprint: string): boolean;
 
   appendAudit(rows: AuditRow[]): void;
   listAudit(q: AuditQuery): (AuditRow & { id: number })[];

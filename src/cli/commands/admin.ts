@@ -1,7 +1,8 @@
 /** user and token commands (admins; `token create` also for yourself). */
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
-import { client, parseDuration, printJson } from '../util.js';
+import { readFileSync } from 'node:fs';
+import { client, parseDuration, printJson, readStdin } from '../util.js';
 
 export function define(program: Command, action: Action): void {
   const user = program.command('user').description('manage principals (admin)');
@@ -75,6 +76,59 @@ export function define(program: Command, action: Action): void {
         }),
       );
   }
+
+  user
+    .command('add-key')
+    .argument('<name>', 'principal')
+    .argument('<file>', "public key file (e.g. ~/.ssh/id_ed25519.pub), or '-' for stdin")
+    .description('register an SSH public key for the gateway (publickey auth instead of a token)')
+    .addHelpText(
+      'after',
+      `\nExample:\n  broker user add-key alice ~/.ssh/id_ed25519.pub\n  ssh -N -p 7722 -L 8888:127.0.0.1:20007 alice@broker-host   # no token needed`,
+    )
+    .action(
+      action(async (io, name: string, file: string) => {
+        const text = file === '-' ? await readStdin(io, 16384) : readFileSync(file, 'utf8');
+        const broker = client(io);
+        const { key } = await broker.addSshKey(name, text);
+        broker.close();
+        io.stdout.write(
+          `added ${key.fingerprint} for ${name}${key.comment ? ` (${key.comment})` : ''}\n`,
+        );
+        return 0;
+      }),
+    );
+  user
+    .command('keys')
+    .argument('<name>', 'principal')
+    .option('--json', 'print {"keys": [...]}')
+    .description("list a principal's SSH public keys")
+    .action(
+      action(async (io, name: string, opts: { json?: boolean }) => {
+        const broker = client(io);
+        const keys = await broker.listSshKeys(name);
+        broker.close();
+        if (opts.json) printJson(io, { keys });
+        else
+          for (const k of keys)
+            io.stdout.write(`${k.fingerprint}\t${k.key.split(' ')[0]}\t${k.comment ?? ''}\n`);
+        return 0;
+      }),
+    );
+  user
+    .command('remove-key')
+    .argument('<name>', 'principal')
+    .argument('<fingerprint>', 'SHA256:… from user keys')
+    .description('remove an SSH public key')
+    .action(
+      action(async (io, name: string, fingerprint: string) => {
+        const broker = client(io);
+        await broker.removeSshKey(name, fingerprint);
+        broker.close();
+        io.stdout.write(`removed ${fingerprint}\n`);
+        return 0;
+      }),
+    );
 
   const token = program.command('token').description('create, list and revoke user tokens');
   token

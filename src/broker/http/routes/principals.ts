@@ -1,6 +1,7 @@
 /** Principal and token routes (admin, and self-service tokens). */
 import type { Route } from '../route.js';
 import {
+  AddSshKeyBody,
   CreatePrincipalBody,
   CreateTokenBody,
   NoParams,
@@ -81,6 +82,35 @@ export const principalRoutes: Route[] = [
         status: 201,
         json: d.principals.createToken(identity, principalParam(params), req, source),
       };
+    },
+  },
+  {
+    method: 'GET',
+    path: '/v1/principals/:name/ssh-keys',
+    auth: true,
+    handler: ({ identity, params }, d) => ({
+      json: d.principals.listSshKeys(identity, principalParam(params)),
+    }),
+  },
+  {
+    method: 'POST',
+    path: '/v1/principals/:name/ssh-keys',
+    auth: true,
+    handler: ({ identity, params, body, source }, d) => {
+      const { key } = parse(AddSshKeyBody, body, 'body');
+      return {
+        status: 201,
+        json: d.principals.addSshKey(identity, principalParam(params), key, source),
+      };
+    },
+  },
+  {
+    method: 'DELETE',
+    path: '/v1/principals/:name/ssh-keys/:fingerprint',
+    auth: true,
+    handler: ({ identity, params, source }, d) => {
+      d.principals.removeSshKey(identity, principalParam(params), params.fingerprint ?? '', source);
+      return { status: 204 };
     },
   },
   {
