@@ -4,9 +4,7 @@ import type { Action } from '../main.js';
 export function define(program: Command, action: Action): void {
   program
     .command('serve')
-    .description(
-      'run the broker daemon (HTTPS API; the SSH gateway comes with the gateway release)',
-    )
+    .description('run the broker daemon: the HTTPS API and the SSH gateway')
     .option('--config <file>', 'JSON config file (unknown keys are an error)')
     .option('--data <dir>', 'state directory (default $BROKER_DATA or ~/.local/state/broker)')
     .option('--listen <host:port>', 'HTTPS API address (default 127.0.0.1:7700)')
@@ -20,7 +18,8 @@ Examples:
   broker serve                                   # a personal broker on 127.0.0.1:7700
   broker serve --listen 0.0.0.0:7700 --public-host login1.example.org
 
-Logs are JSON lines on stdout. On first start the broker creates its CA, an admin principal and
+Logs are JSON lines on stdout. On first start the broker creates its CA, the gateway's SSH host
+key, an admin principal and
 <data>/credentials.json (0600), which every other command on this host finds by itself.
 SIGTERM or Ctrl-C drains requests and exits 0.`,
     )
