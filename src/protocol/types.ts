@@ -105,7 +105,13 @@ export interface Health {
   status: 'ok';
   version: string;
   /** The SSH gateway; `fingerprint` is what clients pin (`SHA256:…`). */
-  gateway?: { host: string; port: number; hostKey: string; fingerprint: string };
+  gateway?: {
+    host: string;
+    port: number;
+    hostKey: string;
+    fingerprint: string;
+    nativeCrypto?: boolean;
+  };
 }
 
 export interface AuditEvent {

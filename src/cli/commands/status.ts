@@ -50,7 +50,7 @@ export function define(program: Command, action: Action): void {
           io.stdout.write(
             `broker:  ${broker.url} (${health.status}, version ${health.version})\nas:      ${as}\n` +
               (health.gateway
-                ? `gateway: ${health.gateway.host}:${health.gateway.port} host key ${health.gateway.fingerprint}\n`
+                ? `gateway: ${health.gateway.host}:${health.gateway.port} host key ${health.gateway.fingerprint}${health.gateway.nativeCrypto === false ? ' (WARNING: ssh2 native crypto missing: tunnels will be slow; reinstall with build tools)' : ''}\n`
                 : '') +
               Object.entries(broker.credentials.sources)
                 .map(([k, v]) => `${k.padEnd(8)} from ${v}`)
