@@ -398,9 +398,14 @@ export class Gateway {
     } else {
       const sock = netConnect({ host: svc.host, port: svc.port });
       sock.setNoDelay(true);
-      sock.once('connect', () => opened(sock));
+      let connected = false;
+      sock.once('connect', () => {
+        connected = true;
+        opened(sock);
+      });
+      // Before the connection exists the channel is refused; afterwards splice() handles errors.
       sock.once('error', () => {
-        if (!sock.readyState || sock.connecting) reject();
+        if (!connected) reject();
       });
     }
   }
