@@ -89,7 +89,16 @@ interface ConnState {
   source: string;
   identity: Identity | null;
   channels: Set<Duplex>;
+  /** Channels that count against the per-connection cap (one per forward). */
+  open: number;
 }
+
+/** Channel types the gateway listens for (and audits itself); ssh2 refuses the rest. */
+const HANDLED_CHANNEL_TYPES = new Set([
+  'session',
+  'direct-tcpip',
+  'direct-streamlocal@openssh.com',
+]);
 
 export type ForwardDecision = { ok: true; service: ServiceRow } | { ok: false; reason: string };
 
@@ -192,18 +201,41 @@ export class Gateway {
     const key = `${socket.remoteAddress}|${socket.remotePort}`;
     socket.once('close', () => this.pending.delete(key));
     this.pending.set(key, (conn: Connection) => {
-      const state: ConnState = { conn, socket, source, identity: null, channels: new Set() };
+      const state: ConnState = {
+        conn,
+        socket,
+        source,
+        identity: null,
+        channels: new Set(),
+        open: 0,
+      };
       this.conns.add(state);
+      this.auditUnknownChannels(state);
       // SSH-8: an 'error' listener on every connection and channel.
       conn.on('error', () => socket.destroy());
       conn.on('close', () => this.connectionClosed(state));
       let tries = 0;
+      const fail = (username: string, method: string) => {
+        tries++;
+        this.event(username.slice(0, 40), 'ssh.auth', null, 'refused', source, { method, tries });
+      };
       conn.on('authentication', (ctx) => {
+        // SSH-3: after the last try nothing more is even looked at; the connection is dropped.
+        if (tries >= this.d.limits.maxAuthTries) {
+          ctx.reject();
+          socket.destroy();
+          return;
+        }
         let identity: Identity | null = null;
         if (ctx.method === 'publickey') {
           const found = this.findKey(ctx.username, ctx.key.data);
-          // Without a signature the client only asks whether the key would do (no try spent).
-          if (!ctx.signature) return found ? ctx.accept() : ctx.reject(['publickey', 'password']);
+          if (!ctx.signature) {
+            // "Would this key do?" An unknown key costs a try, like OpenSSH, so keys cannot be
+            // probed without limit; a known key is answered and the signature follows.
+            if (found) return ctx.accept();
+            fail(ctx.username, 'publickey');
+            return this.afterFailure(ctx, tries, socket);
+          }
           if (found && verifySignature(found.key, ctx.blob!, ctx.signature, ctx.hashAlgo))
             identity = found.identity;
         } else if (ctx.method === 'password') {
@@ -218,15 +250,8 @@ export class Gateway {
           ctx.accept();
           return;
         }
-        tries++;
-        this.event(ctx.username.slice(0, 40), 'ssh.auth', null, 'refused', source, {
-          method: ctx.method,
-          tries,
-        });
-        if (tries >= this.d.limits.maxAuthTries) {
-          ctx.reject();
-          conn.end();
-        } else ctx.reject(['publickey', 'password']);
+        fail(ctx.username, ctx.method);
+        this.afterFailure(ctx, tries, socket);
       });
       conn.on('ready', () => {
         clearTimeout(timer);
@@ -236,6 +261,35 @@ export class Gateway {
       });
     });
     this.ssh.injectSocket(socket);
+  }
+
+  /**
+   * SSH-5: ssh2 refuses channel types it has no event for (x11, auth-agent@openssh.com, …)
+   * before the gateway hears of them. Wrap its CHANNEL_OPEN handler so those refusals are
+   * audited too. This reaches into ssh2 internals (`_protocol._handlers`, ssh2 1.17); if they
+   * move, nothing breaks but this audit line, and the SSH-1 matrix test says so.
+   */
+  private auditUnknownChannels(state: ConnState): void {
+    const handlers = (
+      state.conn as unknown as { _protocol?: { _handlers?: Record<string, unknown> } }
+    )._protocol?._handlers;
+    const original = handlers?.CHANNEL_OPEN as
+      ((p: unknown, info: { type: string }) => unknown) | undefined;
+    if (!handlers || typeof original !== 'function') return;
+    handlers.CHANNEL_OPEN = (p: unknown, info: { type: string }) => {
+      if (!HANDLED_CHANNEL_TYPES.has(info.type)) {
+        const actor = state.identity ? actorOf(state.identity) : null;
+        this.event(actor, 'ssh.channel', null, 'refused', state.source, {
+          type: String(info.type).slice(0, 64),
+        });
+      }
+      return original(p, info);
+    };
+  }
+
+  private afterFailure(ctx: ssh2.AuthContext, tries: number, socket: Socket): void {
+    ctx.reject(['publickey', 'password']);
+    if (tries >= this.d.limits.maxAuthTries) setImmediate(() => socket.destroy());
   }
 
   /** A key registered to an enabled principal named `username`. */
@@ -318,19 +372,26 @@ export class Gateway {
 
   private channelAllowed(state: ConnState): boolean {
     return (
-      state.channels.size < this.d.limits.maxChannelsPerConnection &&
+      state.open < this.d.limits.maxChannelsPerConnection &&
       this.channelCount < this.d.limits.maxChannels
     );
   }
 
-  private track(state: ConnState, serviceId: string, ch: Duplex): void {
-    this.channelCount++;
+  /** Remember a channel so removal and shutdown can close it; `counted` ones use the caps. */
+  private track(state: ConnState, serviceId: string, ch: Duplex, counted = true): void {
+    if (counted) {
+      this.channelCount++;
+      state.open++;
+    }
     state.channels.add(ch);
     let set = this.serviceChannels.get(serviceId);
     if (!set) this.serviceChannels.set(serviceId, (set = new Set()));
     set.add(ch);
     ch.once('close', () => {
-      this.channelCount--;
+      if (counted) {
+        this.channelCount--;
+        state.open--;
+      }
       state.channels.delete(ch);
       set!.delete(ch);
       if (set!.size === 0) this.serviceChannels.delete(serviceId);
@@ -367,7 +428,7 @@ export class Gateway {
       const ch = accept();
       this.event(actor, 'ssh.forward', target, 'ok', state.source, { dest });
       this.track(state, svc.id, ch);
-      this.track(state, svc.id, upstream);
+      this.track(state, svc.id, upstream, false);
       this.pipe(ch, upstream);
     };
     if (svc.tunnel === 'ssh') {
@@ -386,6 +447,9 @@ export class Gateway {
         info.srcPort,
         (err, upstream) => {
           if (err) {
+            this.event(actor, 'ssh.forward', target, 'refused', state.source, {
+              reason: 'the server refused the channel',
+            });
             reject();
             return;
           }
@@ -405,7 +469,11 @@ export class Gateway {
       });
       // Before the connection exists the channel is refused; afterwards splice() handles errors.
       sock.once('error', () => {
-        if (!connected) reject();
+        if (connected) return;
+        this.event(actor, 'ssh.forward', target, 'refused', state.source, {
+          reason: 'the service does not accept connections',
+        });
+        reject();
       });
     }
   }

@@ -48,6 +48,7 @@ export const metaRoutes: Route[] = [
       const q = parse(AuditParams, query, 'query');
       if (identity.kind !== 'principal')
         throw new BrokerError('forbidden', 'audit needs a user token');
+      d.flushAudit();
       const rows = d.store.listAudit({
         since: q.since ? Date.parse(q.since) : undefined,
         principal: identity.principal.role === 'admin' ? undefined : identity.principal.name,
