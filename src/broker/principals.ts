@@ -154,10 +154,15 @@ export class PrincipalAdmin {
     return id.principal.role === 'admin' || id.principal.name === principal;
   }
 
-  listTokens(id: Identity, principal: string): { tokens: TokenInfo[] } {
+  /** Throw unless `id` may manage `principal`, which exists (others look exactly like missing). */
+  private requireManaged(id: Identity, principal: string): void {
     if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
       throw new BrokerError('principal_not_found', `no principal ${principal}`);
     }
+  }
+
+  listTokens(id: Identity, principal: string): { tokens: TokenInfo[] } {
+    this.requireManaged(id, principal);
     return { tokens: this.d.store.listTokens(principal).map(tokenJson) };
   }
 
@@ -167,9 +172,7 @@ export class PrincipalAdmin {
     req: { label?: string; ttlSeconds?: number },
     source: string,
   ): CreateTokenResponse {
-    if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
-      throw new BrokerError('principal_not_found', `no principal ${principal}`);
-    }
+    this.requireManaged(id, principal);
     const { token, row } = this.newToken(principal, req.label ?? null, req.ttlSeconds);
     this.d.store.insertToken(row);
     this.d.audit.record({
@@ -184,16 +187,12 @@ export class PrincipalAdmin {
   }
 
   listSshKeys(id: Identity, principal: string) {
-    if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
-      throw new BrokerError('principal_not_found', `no principal ${principal}`);
-    }
+    this.requireManaged(id, principal);
     return { keys: this.d.store.listSshKeys(principal).map(sshKeyJson) };
   }
 
   addSshKey(id: Identity, principal: string, text: string, source: string) {
-    if (!this.mayManage(id, principal) || !this.d.store.getPrincipal(principal)) {
-      throw new BrokerError('principal_not_found', `no principal ${principal}`);
-    }
+    this.requireManaged(id, principal);
     const k = parsePublicKey(text);
     const row = {
       fingerprint: k.fingerprint,
