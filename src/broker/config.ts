@@ -43,6 +43,14 @@ export const DEFAULTS = Object.freeze({
   maxHeaderBytes: 16 * 1024,
   maxConnections: 1024,
   keepAliveTimeoutMs: 5_000,
+  /** Failed verifies a service may see per window before backoff (SECURITY.md BF-1). */
+  verifyMaxFailures: 30,
+  verifyFailureWindowSeconds: 60,
+  /** First backoff; it doubles with each block up to the maximum. */
+  verifyBlockSeconds: 10,
+  verifyMaxBlockSeconds: 900,
+  /** Keys the failure limiter remembers at most (BF-4). */
+  limiterMaxEntries: 10_000,
   /** SSH gateway limits (SECURITY.md SSH-3, SSH-4). */
   sshAuthTimeoutSeconds: 30,
   sshMaxAuthTries: 3,
@@ -88,6 +96,11 @@ export const ConfigSchema = z
       .max(16 * 1024),
     maxConnections: z.number().int().positive(),
     keepAliveTimeoutMs: z.number().int().positive(),
+    verifyMaxFailures: z.number().int().positive(),
+    verifyFailureWindowSeconds: seconds,
+    verifyBlockSeconds: seconds,
+    verifyMaxBlockSeconds: seconds,
+    limiterMaxEntries: z.number().int().min(100),
     sshAuthTimeoutSeconds: z.number().int().positive().max(30),
     sshMaxAuthTries: z.number().int().min(1).max(3),
     sshMaxUnauthenticated: z.number().int().positive(),

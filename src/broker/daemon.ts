@@ -16,6 +16,7 @@ import { LocalCA } from './ca/local-ca.js';
 import { systemClock, type Clock } from './clock.js';
 import { splitHostPort, type Config } from './config.js';
 import { KeyService } from './keys.js';
+import { FailureLimiter } from './limiter.js';
 import { canonicalIp } from './net-util.js';
 import { PrincipalAdmin } from './principals.js';
 import { ServiceRegistry, type ServiceEvents } from './services.js';
@@ -154,6 +155,16 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       caCertPem: ca.caCertPem,
       publicHost,
       sshPort: () => gatewayRef.port,
+      limiter: new FailureLimiter(
+        {
+          maxFailures: config.verifyMaxFailures,
+          windowMs: config.verifyFailureWindowSeconds * 1000,
+          baseBlockMs: config.verifyBlockSeconds * 1000,
+          maxBlockMs: config.verifyMaxBlockSeconds * 1000,
+          maxEntries: config.limiterMaxEntries,
+        },
+        clock,
+      ),
       sshHostKey: hostKey.publicKey,
     });
     const principals = new PrincipalAdmin({

@@ -13,6 +13,7 @@ import { digestMatches, hashSecret, newId, newSecret } from './secrets.js';
 import { keyJson, serviceJson } from './serialize.js';
 import type { ServiceRegistry } from './services.js';
 import type { KeyRow, ServiceRow, Store } from './store/store.js';
+import type { FailureLimiter } from './limiter.js';
 
 /** How long a verified multi-use key row may be reused without a store read. */
 export const KEY_CACHE_MS = 2000;
@@ -27,6 +28,8 @@ export interface KeyDeps {
   caCertPem: string;
   publicHost: string;
   sshPort: () => number;
+  /** Backoff on failed verifies per service (BF-1); none in unit tests that do not need it. */
+  limiter?: FailureLimiter;
   /** The gateway's public host key (`ssh-ed25519 AAAA…`), for the known_hosts line. */
   sshHostKey?: string;
 }
@@ -131,6 +134,29 @@ export class KeyService {
     if (valid && row!.usesLeft !== null) valid = this.d.store.consumeKey(row!.id, now);
     const target = `${s.owner}/${s.name}`;
     if (!valid) {
+      // BF-1: validity is decided first, so only failures are throttled: the right key always
+      // works for its owner, and an attacker cannot lock anyone out.
+      const verdict = this.d.limiter?.fail(`verify:${s.id}`);
+      if (verdict?.blocked) {
+        const retryAfterSeconds = Math.ceil(verdict.retryAfterMs / 1000);
+        if (verdict.justBlocked) {
+          // One event per block, not one per refused key.
+          this.d.audit.record({
+            actor: target + '#service',
+            action: 'key.verify.throttle',
+            target,
+            outcome: 'refused',
+            source,
+            details: { retryAfterSeconds },
+          });
+        }
+        const err = new BrokerError(
+          'rate_limited',
+          `too many failed verifies for ${target}; retry in ${retryAfterSeconds} s`,
+        );
+        err.retryAfterSeconds = retryAfterSeconds;
+        throw err;
+      }
       this.d.audit.record(
         {
           actor: target + '#service',
