@@ -116,22 +116,7 @@ export class ServiceRegistry {
     let tls: RegisterResponse['tls'];
     if (mode === 'https') {
       try {
-        const cert = await this.d.signer.issue({
-          commonName: `${row.owner}/${row.name}`,
-          ...this.certNames(row.host),
-          usage: 'server',
-          publicKeySpki: spki,
-        });
-        service =
-          store.updateService(row.id, {
-            certFingerprint: cert.fingerprint,
-            certNotAfter: cert.notAfter.getTime(),
-          }) ?? row;
-        tls = {
-          cert: cert.certPem,
-          ca: this.d.signer.caCertPem,
-          ...(cert.keyPem ? { key: cert.keyPem } : {}),
-        };
+        ({ service, tls } = await this.issueCert(row, spki));
       } catch (err) {
         store.removeService(row.id, now);
         throw err;
@@ -146,6 +131,57 @@ export class ServiceRegistry {
       details: { port: row.port, mode, tunnel },
     });
     return { service: serviceJson(service), serviceToken, ...(tls ? { tls } : {}) };
+  }
+
+  /** Issue the service's certificate under broker policy and record its fingerprint. */
+  private async issueCert(
+    row: ServiceRow,
+    spki: ArrayBuffer | undefined,
+  ): Promise<{ service: ServiceRow; tls: NonNullable<RegisterResponse['tls']> }> {
+    const cert = await this.d.signer.issue({
+      commonName: `${row.owner}/${row.name}`,
+      ...this.certNames(row.host),
+      usage: 'server',
+      publicKeySpki: spki,
+    });
+    const service =
+      this.d.store.updateService(row.id, {
+        certFingerprint: cert.fingerprint,
+        certNotAfter: cert.notAfter.getTime(),
+      }) ?? row;
+    this.d.audit.record({
+      actor: `${row.owner}/${row.name}#service`,
+      action: 'cert.issue',
+      target: `${row.owner}/${row.name}`,
+      outcome: 'ok',
+      source: null,
+      details: {
+        fingerprint: cert.fingerprint,
+        notAfter: cert.notAfter.toISOString(),
+        csr: spki !== undefined,
+      },
+    });
+    return {
+      service,
+      tls: {
+        cert: cert.certPem,
+        ca: this.d.signer.caCertPem,
+        ...(cert.keyPem ? { key: cert.keyPem } : {}),
+      },
+    };
+  }
+
+  /** Renew an https service's certificate (its own token), from a CSR or with a new key. */
+  async renewCert(id: Identity, owner: string, name: string, csr: string | undefined) {
+    const s = this.own(id, owner, name);
+    if (s.mode !== 'https')
+      throw new BrokerError(
+        'validation_failed',
+        `${owner}/${name} is a tcp service; it has no certificate`,
+      );
+    const spki = csr !== undefined ? await this.d.csr(csr) : undefined;
+    const { service, tls } = await this.issueCert(s, spki);
+    return { service: serviceJson(service), tls };
   }
 
   /** SANs for a service certificate: chosen by the broker, never by the caller (COMP-3). */

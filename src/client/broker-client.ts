@@ -243,6 +243,14 @@ export class BrokerClient {
     ).service;
   }
 
+  /** Renew an https service's certificate (service token), from a CSR or with a new key. */
+  async renewCert(
+    ref: string,
+    csr?: string,
+  ): Promise<{ service: Service; tls: NonNullable<RegisterResponse['tls']> }> {
+    return this.request('POST', await this.servicePath(ref, '/cert'), csr ? { csr } : {});
+  }
+
   /** Mint a client key for a service (the key is shown once). */
   async load(ref: string, opts: LoadRequest = {}): Promise<LoadResponse> {
     return this.request('POST', await this.servicePath(ref, '/keys'), opts);

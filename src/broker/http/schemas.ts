@@ -29,6 +29,8 @@ export const LoadBody = z
 
 export const VerifyBody = z.object({ key: z.string().max(MAX_KEY_LINE_BYTES) }).strict();
 
+export const RenewCertBody = z.object({ csr: z.string().min(1).max(8192).optional() }).strict();
+
 export const EmptyBody = z.object({}).strict();
 
 export const CreatePrincipalBody = z

@@ -1,10 +1,17 @@
-import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { readFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { RegisterRequest } from '../../protocol/types.js';
 import type { Action } from '../main.js';
 import type { BrokerClient } from '../../client/broker-client.js';
 import { client, envLines, formatOf, parseDuration, printJson, UsageError } from '../util.js';
+
+/** Write a 0600 file atomically: created private (never chmod'ed), renamed over any old one. */
+function writePrivateFile(path: string, content: string): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
+  renameSync(tmp, path);
+}
 
 /** The exact `ssh -R` line for a tunnelled service (the gateway's address comes from the API). */
 async function attachHint(broker: BrokerClient, owner: string): Promise<string> {
@@ -84,8 +91,7 @@ unregister work in the same script with no more set-up.`,
             const dir = resolve(String(opts.outDir));
             mkdirSync(dir, { recursive: true, mode: 0o700 });
             writeFileSync(join(dir, 'cert.pem'), res.tls.cert, { mode: 0o644 });
-            if (res.tls.key)
-              writeFileSync(join(dir, 'key.pem'), res.tls.key, { mode: 0o600, flag: 'wx' });
+            if (res.tls.key) writePrivateFile(join(dir, 'key.pem'), res.tls.key);
             writeFileSync(join(dir, 'ca.pem'), res.tls.ca, { mode: 0o644 });
             caPath = join(dir, 'ca.pem');
           }

@@ -2,6 +2,7 @@
 import type { Route } from '../route.js';
 import {
   EmptyBody,
+  RenewCertBody,
   LoadBody,
   NoParams,
   QueryParams,
@@ -74,6 +75,16 @@ export const serviceRoutes: Route[] = [
       parse(EmptyBody, body, 'body');
       const { owner, name } = serviceParams(params);
       return { json: { service: d.registry.heartbeat(identity, owner, name) } };
+    },
+  },
+  {
+    method: 'POST',
+    path: '/v1/services/:owner/:name/cert',
+    auth: true,
+    handler: async ({ identity, params, body }, d) => {
+      const { csr } = parse(RenewCertBody, body, 'body');
+      const { owner, name } = serviceParams(params);
+      return { json: await d.registry.renewCert(identity, owner, name, csr) };
     },
   },
   {
