@@ -211,6 +211,88 @@ async function coldStartBench() {
   await d.stop();
 }
 
+async function httpsBench() {
+  line(
+    '\n## 4. HTTPS registrations: certificate issued in the daemon vs openssl on the same machine',
+  );
+  const tmp = mkdtempSync(join(tmpdir(), 'bench-https-'));
+  const d = await startDaemon(['--port-range', '40000-44999']);
+  const caKey = join(d.dataDir, 'ca-key.pem');
+  const caCert = join(d.dataDir, 'ca.pem');
+  const times = [];
+  for (let i = 0; i < 30; i++) {
+    const t0 = process.hrtime.bigint();
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-subj',
+        '/CN=x',
+        '-days',
+        '1',
+        '-CA',
+        caCert,
+        '-CAkey',
+        caKey,
+        '-keyout',
+        join(tmp, 'k.pem'),
+        '-out',
+        join(tmp, 'c.pem'),
+      ],
+      { stdio: 'ignore' },
+    );
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  const opensslMs = median(times);
+  const one = [];
+  for (let i = 0; i < 50; i++) {
+    const t0 = process.hrtime.bigint();
+    const r = await d.api('POST', '/v1/services', d.token, {
+      name: `h${i}`,
+      mode: 'https',
+      tunnel: 'none',
+    });
+    if (r.status !== 201) throw new Error(`https registration: ${r.status}`);
+    one.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  const N = 600,
+    C = 8;
+  let next = 50;
+  const t0 = process.hrtime.bigint();
+  await Promise.all(
+    Array.from({ length: C }, async () => {
+      while (next < N) {
+        const i = next++;
+        const r = await d.api('POST', '/v1/services', d.token, {
+          name: `h${i}`,
+          mode: 'https',
+          tunnel: 'none',
+        });
+        if (r.status !== 201) throw new Error(`https registration ${i}: ${r.status}`);
+      }
+    }),
+  );
+  const perSec = (N - 50) / (Number(process.hrtime.bigint() - t0) / 1e9);
+  await d.stop();
+  const p50 = median(one);
+  results.https = { opensslMsPerCert: opensslMs, registerP50Ms: p50, registrationsPerSec: perSec };
+  line(
+    `openssl req -x509 -newkey ec -CA … (one process per cert): ${fmt(opensslMs, 1)} ms per certificate`,
+  );
+  line(
+    `broker register --mode https, one at a time (HTTPS round trip, key + cert + fsync): p50 **${fmt(p50, 1)} ms** (${fmt(p50 / opensslMs, 2)}× the time of one openssl certificate; goal ≤ 10 ms → ${p50 <= 10 ? 'met' : 'NOT met'})`,
+  );
+  line(
+    `broker register --mode https at c=${C}: **${fmt(perSec)}/s** (goal ≥ 100/s → ${perSec >= 100 ? 'met' : 'NOT met'})`,
+  );
+}
+
 line(
   `# session broker benchmarks (${new Date().toISOString()}, node ${process.version}, ${SECONDS}s × ${ROUNDS} rounds per point)\n`,
 );
@@ -218,4 +300,5 @@ const only = process.argv[2];
 if (!only || only === 'verify') await verifyBench();
 if (!only || only === 'register') await registerBench();
 if (!only || only === 'cold') await coldStartBench();
+if (!only || only === 'https') await httpsBench();
 line('\n' + JSON.stringify(results));
