@@ -40,6 +40,7 @@ const MODULE_OF: Record<string, string> = {
   audit: 'status',
   tunnel: 'tunnel',
   connect: 'tunnel',
+  open: 'tunnel',
 };
 
 /** Wraps a command body: its return value is the exit code; errors print one line. */

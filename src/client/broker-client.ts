@@ -71,6 +71,24 @@ export class BrokerClient {
     return this.credentials.url;
   }
 
+  /**
+   * An https.Agent for talking to *services* (not the broker): it trusts only the broker CA and
+   * checks host names, like the agent the client itself uses.
+   * @example
+   * ```ts
+   * https.get('https://localhost:20007/', { agent: broker.httpsAgent(), headers: { Authorization: `Bearer ${key}` } });
+   * ```
+   */
+  httpsAgent(opts: { keepAlive?: boolean } = {}): Agent {
+    if (!this.credentials.ca)
+      throw new BrokerError('unreachable', 'no broker CA: set BROKER_CA or use a credentials file');
+    return new Agent({
+      ca: this.credentials.ca,
+      minVersion: 'TLSv1.2',
+      keepAlive: opts.keepAlive ?? false,
+    });
+  }
+
   /** Release pooled connections. */
   close(): void {
     this.agent?.destroy();

@@ -10,4 +10,6 @@ export {
   type RegisterServiceOptions,
   type ServiceState,
 } from './service.js';
+export { httpGate, HttpGate, type HttpGateOptions, type GatedRequest } from './http-gate.js';
+export { newLocalKey, csrFor, type LocalKey } from './csr.js';
 export { MAX_KEY_LINE_BYTES, KEY_LINE_TIMEOUT_MS } from '../protocol/constants.js';

@@ -12,6 +12,8 @@ import { BrokerError } from '../protocol/errors.js';
 import type { RegisterRequest, Service, VerifyResponse } from '../protocol/types.js';
 import { gate, type GatedHandler, type GateOptions } from './gate.js';
 import { splice } from '../protocol/splice.js';
+import { csrFor, newLocalKey, type LocalKey } from './csr.js';
+import { HttpGate, type HttpGateOptions } from './http-gate.js';
 
 export type ServiceState = 'connecting' | 'ready' | 'offline' | 'closed';
 
@@ -39,6 +41,10 @@ export class BrokerService extends EventEmitter {
   private ssh: { end(): void } | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
   private wake: (() => void) | null = null;
+  private renewTimer: NodeJS.Timeout | null = null;
+  private readonly secureServers = new Set<{ setSecureContext(o: object): void }>();
+  /** https services: the certificate and the locally generated key. */
+  tls: { cert: string; ca: string; key: LocalKey } | null = null;
 
   constructor(
     public service: Service,
@@ -75,6 +81,56 @@ export class BrokerService extends EventEmitter {
     return gate(handler, { ...opts, verify: (k) => this.verify(k) });
   }
 
+  /**
+   * Options for `https.createServer` (https services): the local key, the broker-signed
+   * certificate, TLS ≥ 1.2.
+   */
+  tlsOptions(): { key: string; cert: string; minVersion: 'TLSv1.2' } {
+    if (!this.tls)
+      throw new BrokerError('validation_failed', `${this.ref} is not an https service`);
+    return { key: this.tls.key.keyPem, cert: this.tls.cert, minVersion: 'TLSv1.2' };
+  }
+
+  /**
+   * Keep `server`'s certificate current: renewals (at 2/3 of the lifetime) are swapped in with
+   * setSecureContext, so live connections stay up.
+   */
+  watch(server: { setSecureContext(o: object): void }): this {
+    this.secureServers.add(server);
+    return this;
+  }
+
+  /** The HTTPS gate for this service (bearer key, one-time login URL → cookie, WebSocket). */
+  httpGate(opts: Omit<HttpGateOptions, 'verify'> = {}): HttpGate {
+    return new HttpGate({ ...opts, verify: (k) => this.verify(k) });
+  }
+
+  /** Renew the certificate now (normally done by the timer). */
+  async renewNow(): Promise<void> {
+    if (!this.tls) return;
+    const { tls } = await this.client.renewCert(this.ref, await csrFor(this.tls.key));
+    this.tls.cert = tls.cert;
+    for (const s of this.secureServers) s.setSecureContext(this.tlsOptions());
+    this.service = await this.client.get(this.ref);
+    this.emit('cert', this.tls.cert);
+    this.scheduleRenewal();
+  }
+
+  private scheduleRenewal(): void {
+    if (this.renewTimer) clearTimeout(this.renewTimer);
+    const notAfter = this.service.cert ? Date.parse(this.service.cert.notAfter) : 0;
+    if (!this.tls || !notAfter || this.closed) return;
+    const wait = Math.max(10_000, ((notAfter - Date.now()) * 2) / 3);
+    this.renewTimer = setTimeout(() => {
+      this.renewNow().catch((err) => {
+        this.emit('warning', err);
+        this.renewTimer = setTimeout(() => this.scheduleRenewal(), 60_000);
+        this.renewTimer.unref();
+      });
+    }, wait);
+    this.renewTimer.unref();
+  }
+
   /** tunnel "none": confirm the server listens on its port. */
   async ready(): Promise<Service> {
     this.service = await this.client.ready(this.ref);
@@ -96,6 +152,7 @@ export class BrokerService extends EventEmitter {
     }, period);
     this.heartbeat.unref();
     if (this.service.tunnel === 'ssh') void this.keepTunnel();
+    this.scheduleRenewal();
   }
 
   private removedByBroker(): void {
@@ -165,6 +222,7 @@ export class BrokerService extends EventEmitter {
   private stop(): void {
     this.closed = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
+    if (this.renewTimer) clearTimeout(this.renewTimer);
     this.ssh?.end();
     this.wake?.();
     this.setState('closed');
@@ -211,6 +269,7 @@ export async function registerService(opts: RegisterServiceOptions): Promise<Bro
   const broker = opts.broker ?? new BrokerClient();
   let service: Service;
   let serviceToken: string;
+  let tls: BrokerService['tls'] = null;
   if (opts.existing) {
     ({ service, serviceToken } = opts.existing);
   } else {
@@ -221,11 +280,18 @@ export async function registerService(opts: RegisterServiceOptions): Promise<Bro
         'a tunnelled service needs a target: { port } or { path }',
       );
     }
+    let key: LocalKey | undefined;
+    if (req.mode === 'https' && req.csr === undefined) {
+      key = await newLocalKey();
+      req.csr = await csrFor(key);
+    }
     const res = await broker.register(req);
     service = res.service;
     serviceToken = res.serviceToken;
+    if (key && res.tls) tls = { cert: res.tls.cert, ca: res.tls.ca, key };
   }
   const svc = new BrokerService(service, serviceToken, opts, broker.url, broker.credentials.ca);
+  svc.tls = tls;
   svc.start();
   return svc;
 }

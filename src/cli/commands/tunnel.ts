@@ -138,4 +138,71 @@ Examples:
         return 0;
       }),
     );
+
+  program
+    .command('open')
+    .argument('<name>', 'an https service: NAME (yours) or OWNER/NAME')
+    .description(
+      'print a one-time login URL for an https service (through a local tunnel when it is tunnelled)',
+    )
+    .option(
+      '--local-port <n>',
+      'tunnelled services: local port for the tunnel (default: any free one)',
+    )
+    .option('--json', 'print {"url", ...}')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  broker open notebook          # open the printed URL in a browser that trusts the broker CA (broker ca)
+
+The URL carries a one-use key; the service exchanges it for a session cookie and redirects to the
+same page without it. For a tunnelled service the command stays in the foreground, like broker tunnel.
+The browser is not launched for you: a URL with a key must not appear on another process's
+command line.`,
+    )
+    .action(
+      action(async (io, name: string, opts: { localPort?: string; json?: boolean }) => {
+        if (opts.localPort !== undefined && !/^\d{1,5}$/.test(opts.localPort))
+          throw new UsageError('--local-port must be a number');
+        const broker = client(io);
+        const svc = await broker.get(name);
+        if (svc.mode !== 'https')
+          throw new UsageError(
+            `${svc.owner}/${svc.name} is a ${svc.mode} service; broker open is for https services`,
+          );
+        const print = (url: string, extra: Record<string, unknown> = {}) => {
+          if (opts.json) printJson(io, { url, service: svc, ...extra });
+          else io.stdout.write(`${url}\n`);
+        };
+        if (svc.tunnel === 'none') {
+          const loaded = await broker.load(name, { once: true });
+          broker.close();
+          const host = /^(127\.|::1$)/.test(svc.host)
+            ? 'localhost'
+            : svc.host.includes(':')
+              ? `[${svc.host}]`
+              : svc.host;
+          print(`https://${host}:${svc.port}/?broker_key=${loaded.key}`, { keyId: loaded.keyId });
+          return 0;
+        }
+        const { openTunnel } = await import('../../client/tunnel.js');
+        const t = await openTunnel(broker, name, {
+          localPort: opts.localPort ? Number(opts.localPort) : 0,
+          load: { once: true },
+        });
+        print(`https://localhost:${t.localPort}/?broker_key=${t.key}`, {
+          keyId: t.loaded.keyId,
+          localPort: t.localPort,
+        });
+        if (io.stderr.isTTY) io.stderr.write('tunnel open; Ctrl-C to close it\n');
+        await new Promise<void>((resolve) => {
+          t.once('close', () => resolve());
+          process.once('SIGINT', () => resolve());
+          process.once('SIGTERM', () => resolve());
+        });
+        t.close();
+        return 0;
+      }),
+    );
 }

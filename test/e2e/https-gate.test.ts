@@ -1,0 +1,274 @@
+/**
+ * HTTPS services end to end (issue 3): a real https server using the SDK (local key + CSR,
+ * broker-signed certificate, httpGate), reached with curl and openssl: bearer key, one-time login
+ * URL → cookie → redirect without the key, WebSocket upgrade checked, renewal while a keep-alive
+ * connection stays up, TLS 1.1 refused, `broker open`.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { Agent, createServer, request, type Server } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BrokerClient } from '../../src/client/broker-client.js';
+import { registerService, type BrokerService } from '../../src/server-sdk/service.js';
+import { Daemon } from '../helpers/daemon.js';
+
+const tmp = mkdtempSync(join(tmpdir(), 'broker-https-'));
+
+function run(cmd: string, args: string[]): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    const c = execFile(cmd, args, { timeout: 15_000 }, (err, stdout, stderr) =>
+      resolve({
+        code: err ? Number((err as { code?: number }).code ?? 1) : 0,
+        out: stdout + stderr,
+      }),
+    );
+    c.stdin?.end(); // openssl s_client waits on stdin otherwise
+  });
+}
+
+function fingerprintOf(port: number, ca: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => {
+      resolve(s.getPeerCertificate().fingerprint256);
+      s.end();
+    });
+    s.on('error', reject);
+  });
+}
+
+describe('HTTPS service behind the SDK gate', () => {
+  let d: Daemon;
+  let svc: BrokerService;
+  let server: Server;
+  let caFile: string;
+  let base: string;
+  const seenUrls: string[] = [];
+
+  const mintKey = async (once = false) =>
+    (
+      await d.api('POST', `/v1/services/${svc.service.owner}/${svc.service.name}/keys`, {
+        body: once ? { once: true } : {},
+      })
+    ).body.key as string;
+
+  beforeAll(async () => {
+    d = await Daemon.start();
+    caFile = join(tmp, 'ca.pem');
+    writeFileSync(caFile, d.ca);
+    svc = await registerService({
+      broker: new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} }),
+      name: 'notebook',
+      mode: 'https',
+      tunnel: 'none',
+    });
+    const gate = svc.httpGate({ cacheMs: 0 });
+    server = createServer(svc.tlsOptions(), async (req, res) => {
+      if (!(await gate.handle(req, res))) return;
+      seenUrls.push(req.url ?? '');
+      res.end(`hello ${(req as { brokerPrincipal?: string }).brokerPrincipal} at ${req.url}`);
+    });
+    server.on('upgrade', (req, socket, head) =>
+      gate.upgrade(req, socket, head, (_req, s) =>
+        s.end(
+          'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n',
+        ),
+      ),
+    );
+    svc.watch(server);
+    await new Promise<void>((r) => server.listen(svc.port, '127.0.0.1', r));
+    await svc.ready();
+    base = `https://localhost:${svc.port}`;
+  });
+
+  afterAll(async () => {
+    server?.close();
+    await svc?.close();
+    await d?.stop();
+  });
+
+  it('ok/the private key never left the server: registration used a CSR', async () => {
+    expect(svc.tls?.key.keyPem).toMatch(/PRIVATE KEY/);
+    const events = (await d.api('GET', '/v1/audit?limit=100')).body.events as {
+      action: string;
+      details: { csr?: boolean };
+    }[];
+    expect(events.find((e) => e.action === 'cert.issue')?.details.csr).toBe(true);
+  });
+
+  it('ok/curl with the broker CA and a bearer key → 200; fail/ no key → 401; fail/ no broker CA → TLS error', async () => {
+    const key = await mintKey();
+    const ok = await run('curl', [
+      '-sS',
+      '--cacert',
+      caFile,
+      '-H',
+      `Authorization: Bearer ${key}`,
+      `${base}/x`,
+    ]);
+    expect(ok.out).toMatch(/^hello \w+ at \/x$/);
+    const nokey = await run('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--cacert',
+      caFile,
+      `${base}/x`,
+    ]);
+    expect(nokey.out).toBe('401');
+    const wrong = await run('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--cacert',
+      caFile,
+      '-H',
+      'Authorization: Bearer bkk_' + 'z'.repeat(43),
+      `${base}/x`,
+    ]);
+    expect(wrong.out).toBe('401');
+    expect((await run('curl', ['-sS', `${base}/x`])).code).not.toBe(0);
+  });
+
+  it('ok/one-time login URL → 303 without the key + HttpOnly/Secure/SameSite=Strict cookie; the cookie works; the URL works once', async () => {
+    const key = await mintKey(true);
+    const hdrs = await run('curl', [
+      '-sS',
+      '-D',
+      '-',
+      '-o',
+      '/dev/null',
+      '--cacert',
+      caFile,
+      `${base}/lab/tree?x=1&broker_key=${key}`,
+    ]);
+    expect(hdrs.out).toMatch(/^HTTP\/1\.1 303/);
+    expect(hdrs.out).toMatch(/^Location: \/lab\/tree\?x=1\r?$/m);
+    const cookie = /^Set-Cookie: (broker_session=[^;]+);(.*)$/m.exec(hdrs.out);
+    expect(cookie).not.toBeNull();
+    expect(cookie![2]).toMatch(/HttpOnly/);
+    expect(cookie![2]).toMatch(/Secure/);
+    expect(cookie![2]).toMatch(/SameSite=Strict/);
+    const withCookie = await run('curl', [
+      '-sS',
+      '--cacert',
+      caFile,
+      '-H',
+      `Cookie: ${cookie![1]}`,
+      `${base}/lab/tree?x=1`,
+    ]);
+    expect(withCookie.out).toMatch(/^hello \w+ at \/lab\/tree\?x=1$/);
+    const again = await run('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--cacert',
+      caFile,
+      `${base}/?broker_key=${key}`,
+    ]);
+    expect(again.out).toBe('401');
+    // The app never saw a URL with a key in it.
+    expect(seenUrls.some((u) => u.includes('broker_key'))).toBe(false);
+  });
+
+  it('fail/a WebSocket upgrade without a key is refused; ok/ with one it goes through', async () => {
+    const upgrade = (headers: Record<string, string>) =>
+      new Promise<number>((resolve, reject) => {
+        const req = request(`${base}/ws`, {
+          ca: d.ca,
+          headers: { Connection: 'Upgrade', Upgrade: 'websocket', ...headers },
+        });
+        req.on('upgrade', (res, socket) => {
+          socket.destroy();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('response', (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    expect(await upgrade({})).toBe(401);
+    expect(await upgrade({ Authorization: `Bearer ${await mintKey()}` })).toBe(101);
+  });
+
+  it('ok/renewal swaps the certificate while a keep-alive connection stays up', async () => {
+    const key = await mintKey();
+    const agent = new Agent({ ca: d.ca, keepAlive: true, maxSockets: 1 });
+    const get = () =>
+      new Promise<{ status: number; socket: unknown }>((resolve, reject) => {
+        const req = request(
+          `${base}/k`,
+          { agent, headers: { Authorization: `Bearer ${key}` } },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, socket: req.socket }));
+          },
+        );
+        req.on('error', reject);
+        req.end();
+      });
+    const first = await get();
+    const before = await fingerprintOf(svc.port, d.ca);
+    await svc.renewNow();
+    const second = await get();
+    expect(second.status).toBe(200);
+    expect(second.socket).toBe(first.socket); // the same TLS connection survived
+    expect(await fingerprintOf(svc.port, d.ca)).not.toBe(before); // new connections get the new cert
+    agent.destroy();
+  });
+
+  it('fail/the service refuses TLS 1.1; ok/ TLS 1.2 verifies against the broker CA', async () => {
+    expect(
+      (
+        await run('openssl', [
+          's_client',
+          '-connect',
+          `127.0.0.1:${svc.port}`,
+          '-tls1_1',
+          '-CAfile',
+          caFile,
+        ])
+      ).code,
+    ).not.toBe(0);
+    const ok = await run('openssl', [
+      's_client',
+      '-connect',
+      `127.0.0.1:${svc.port}`,
+      '-tls1_2',
+      '-CAfile',
+      caFile,
+      '-verify_return_error',
+      '-brief',
+    ]);
+    expect(ok.code, ok.out).toBe(0);
+  });
+
+  it('ok/broker open prints a one-time login URL that logs in', async () => {
+    const r = await d.cli(['open', 'notebook', '--json'], {
+      env: { BROKER_URL: d.url, BROKER_CA: caFile, BROKER_TOKEN: d.adminToken },
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const { url } = JSON.parse(r.stdout);
+    expect(url).toMatch(new RegExp(`^https://localhost:${svc.port}/\\?broker_key=bkk_`));
+    const hdrs = await run('curl', ['-sS', '-D', '-', '-o', '/dev/null', '--cacert', caFile, url]);
+    expect(hdrs.out).toMatch(/^HTTP\/1\.1 303/);
+    const tcp = await d.api('POST', '/v1/services', {
+      body: { name: 'plain-tcp', tunnel: 'none' },
+    });
+    expect(tcp.status).toBe(201);
+    const bad = await d.cli(['open', 'plain-tcp'], {
+      env: { BROKER_URL: d.url, BROKER_CA: caFile, BROKER_TOKEN: d.adminToken },
+    });
+    expect(bad.code).toBe(2);
+  });
+});
