@@ -4,6 +4,7 @@
  * `requestId`, so `err.code === 'service_not_found'` works across the wire.
  */
 import { request as httpsRequest, Agent } from 'node:https';
+import { checkServerIdentity } from 'node:tls';
 import { BrokerError, isErrorCode } from '../protocol/errors.js';
 import { parseServiceRef, type ServiceRef } from '../protocol/names.js';
 import type {
@@ -73,19 +74,35 @@ export class BrokerClient {
 
   /**
    * An https.Agent for talking to *services* (not the broker): it trusts only the broker CA and
-   * checks host names, like the agent the client itself uses.
+   * checks host names. With `service` it also checks that the certificate is that service's
+   * (the broker puts `CN=owner/name` in every service certificate), so service A's certificate
+   * presented on service B's port is refused — host names alone cannot tell them apart, since
+   * every service certificate names localhost (NET-2).
    * @example
    * ```ts
-   * https.get('https://localhost:20007/', { agent: broker.httpsAgent(), headers: { Authorization: `Bearer ${key}` } });
+   * const agent = broker.httpsAgent({ service: { owner: 'alice', name: 'nb' } });
+   * https.get('https://localhost:20007/', { agent, headers: { Authorization: `Bearer ${key}` } });
    * ```
    */
-  httpsAgent(opts: { keepAlive?: boolean } = {}): Agent {
+  httpsAgent(opts: { keepAlive?: boolean; service?: { owner: string; name: string } } = {}): Agent {
     if (!this.credentials.ca)
       throw new BrokerError('unreachable', 'no broker CA: set BROKER_CA or use a credentials file');
+    const expected = opts.service ? `${opts.service.owner}/${opts.service.name}` : null;
     return new Agent({
       ca: this.credentials.ca,
       minVersion: 'TLSv1.2',
       keepAlive: opts.keepAlive ?? false,
+      checkServerIdentity: (host, cert) => {
+        const err = checkServerIdentity(host, cert);
+        if (err) return err;
+        const cn = cert.subject?.CN;
+        if (expected && cn !== expected) {
+          return new Error(
+            `the certificate is for ${String(cn).slice(0, 80)}, not for the service ${expected}`,
+          );
+        }
+        return undefined;
+      },
     });
   }
 

@@ -227,6 +227,52 @@ describe('HTTPS service behind the SDK gate', () => {
     agent.destroy();
   });
 
+  it("fail/NET-2: service A's certificate presented on service B's port is refused by the SDK agent", async () => {
+    const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
+    const other = await d.api('POST', '/v1/services', {
+      body: { name: 'impostor', mode: 'https', tunnel: 'none' },
+    });
+    // An impostor presents its own (valid, broker-issued) certificate on a port of its choosing.
+    const fake = createServer({ cert: other.body.tls.cert, key: other.body.tls.key }, (_q, r) =>
+      r.end('impostor'),
+    );
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const port = (fake.address() as { port: number }).port;
+    const get = (agent: Agent) =>
+      new Promise<string>((resolve, reject) =>
+        request(`https://localhost:${port}/`, { agent }, (res) => {
+          let b = '';
+          res.on('data', (c) => (b += c));
+          res.on('end', () => resolve(b));
+        })
+          .on('error', reject)
+          .end(),
+      );
+    const owner = svc.service.owner;
+    await expect(get(broker.httpsAgent({ service: { owner, name: 'notebook' } }))).rejects.toThrow(
+      /not for the service/,
+    );
+    await expect(get(broker.httpsAgent({ service: { owner, name: 'impostor' } }))).resolves.toBe(
+      'impostor',
+    );
+    // And the real notebook's certificate passes the same check.
+    const ok = await new Promise<number>((resolve, reject) =>
+      request(
+        `${base}/`,
+        { agent: broker.httpsAgent({ service: { owner, name: 'notebook' } }) },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        },
+      )
+        .on('error', reject)
+        .end(),
+    );
+    expect(ok).toBe(401); // reached the right server (which then wants a key)
+    fake.close();
+    broker.close();
+  });
+
   it('fail/the service refuses TLS 1.1; ok/ TLS 1.2 verifies against the broker CA', async () => {
     expect(
       (
