@@ -168,6 +168,9 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       sshHostKey: hostKey.publicKey,
     });
     const principals = new PrincipalAdmin({
+      signer: ca,
+      csr: checkCsr,
+      clientCertSeconds: config.keyTtlSeconds,
       store,
       clock,
       audit,

@@ -9,6 +9,8 @@ import { principalJson, tokenJson } from './serialize.js';
 import type { ServiceEvents } from './services.js';
 import type { SshKeyRow, Store, TokenRow } from './store/store.js';
 import { parsePublicKey } from './ssh/public-keys.js';
+import type { Signer } from './ca/signer.js';
+import type { CsrCheck } from './ca/csr.js';
 
 function sshKeyJson(k: SshKeyRow) {
   return {
@@ -21,6 +23,10 @@ function sshKeyJson(k: SshKeyRow) {
 }
 
 export interface PrincipalDeps {
+  signer?: Signer;
+  csr?: CsrCheck;
+  /** Lifetime requested for client certificates (the signer clamps it). */
+  clientCertSeconds?: number;
   store: Store;
   clock: Clock;
   audit: AuditLog;
@@ -225,6 +231,43 @@ export class PrincipalAdmin {
       source,
       details: { fingerprint },
     });
+  }
+
+  /**
+   * A short-lived client certificate for a principal (mTLS to https services): signed from the
+   * caller's CSR (the key stays on the client), CN = the principal, clientAuth only, no names.
+   */
+  async issueClientCert(id: Identity, principal: string, csrPem: string, source: string) {
+    this.requireManaged(id, principal);
+    if (!this.d.signer || !this.d.csr)
+      throw new BrokerError('internal', 'this broker has no CA configured');
+    const spki = await this.d.csr(csrPem);
+    const cert = await this.d.signer.issue({
+      commonName: principal,
+      dnsNames: [],
+      ipAddresses: [],
+      usage: 'client',
+      lifetimeSeconds: this.d.clientCertSeconds,
+      publicKeySpki: spki,
+    });
+    this.d.audit.record({
+      actor: actorOf(id),
+      action: 'cert.issue',
+      target: principal,
+      outcome: 'ok',
+      source,
+      details: {
+        fingerprint: cert.fingerprint,
+        usage: 'client',
+        notAfter: cert.notAfter.toISOString(),
+      },
+    });
+    return {
+      cert: cert.certPem,
+      ca: this.d.signer.caCertPem,
+      fingerprint: cert.fingerprint,
+      notAfter: cert.notAfter.toISOString(),
+    };
   }
 
   revokeToken(id: Identity, tokenId: string, source: string): void {

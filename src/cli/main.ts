@@ -22,6 +22,7 @@ const MODULES: Record<string, () => Promise<CommandModule>> = {
   admin: () => import('./commands/admin.js'),
   status: () => import('./commands/status.js'),
   tunnel: () => import('./commands/tunnel.js'),
+  cert: () => import('./commands/cert.js'),
 };
 const MODULE_OF: Record<string, string> = {
   serve: 'serve',
@@ -41,6 +42,7 @@ const MODULE_OF: Record<string, string> = {
   tunnel: 'tunnel',
   connect: 'tunnel',
   open: 'tunnel',
+  cert: 'cert',
 };
 
 /** Wraps a command body: its return value is the exit code; errors print one line. */

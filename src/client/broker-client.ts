@@ -286,6 +286,16 @@ export class BrokerClient {
     return this.request('POST', await this.servicePath(ref, '/cert'), csr ? { csr } : {});
   }
 
+  /** A short-lived client certificate for `principal` from a CSR (mTLS to https services). */
+  clientCert(
+    principal: string,
+    csr: string,
+  ): Promise<{ cert: string; ca: string; fingerprint: string; notAfter: string }> {
+    return this.request('POST', `/v1/principals/${encodeURIComponent(principal)}/client-cert`, {
+      csr,
+    });
+  }
+
   /** Mint a client key for a service (the key is shown once). */
   async load(ref: string, opts: LoadRequest = {}): Promise<LoadResponse> {
     return this.request('POST', await this.servicePath(ref, '/keys'), opts);

@@ -13,6 +13,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
+import type { TLSSocket } from 'node:tls';
 import type { VerifyResponse } from '../protocol/types.js';
 
 export interface HttpGateOptions {
@@ -21,6 +22,12 @@ export interface HttpGateOptions {
   cacheMs?: number;
   sessionTtlMs?: number;
   cookieName?: string;
+  /**
+   * mTLS: principals whose broker-issued client certificate (CN = principal) lets them in
+   * without a key. The TLS layer (tlsOptions with requireClientCert) has already checked that the
+   * certificate chains to the broker CA.
+   */
+  clientCertAllow?: string[];
 }
 
 export interface GatedRequest extends IncomingMessage {
@@ -78,8 +85,17 @@ export class HttpGate {
     return null;
   }
 
-  /** The principal behind a request's bearer key or session cookie, or null. */
+  /** The principal behind a request's client certificate, bearer key or session cookie, or null. */
   async principalOf(req: IncomingMessage): Promise<string | null> {
+    const tls = req.socket as TLSSocket;
+    if (
+      this.opts.clientCertAllow &&
+      tls.authorized &&
+      typeof tls.getPeerCertificate === 'function'
+    ) {
+      const cn = tls.getPeerCertificate()?.subject?.CN;
+      if (typeof cn === 'string' && this.opts.clientCertAllow.includes(cn)) return cn;
+    }
     const auth = req.headers.authorization;
     if (auth?.startsWith('Bearer '))
       return (await this.check(auth.slice(7).trim()))?.principal ?? null;

@@ -15,6 +15,15 @@ import { splice } from '../protocol/splice.js';
 import { csrFor, newLocalKey, type LocalKey } from './csr.js';
 import { HttpGate, type HttpGateOptions } from './http-gate.js';
 
+export interface ServiceTlsOptions {
+  key: string;
+  cert: string;
+  minVersion: 'TLSv1.2';
+  requestCert?: boolean;
+  rejectUnauthorized?: boolean;
+  ca?: string;
+}
+
 export type ServiceState = 'connecting' | 'ready' | 'offline' | 'closed';
 
 export interface RegisterServiceOptions extends Omit<RegisterRequest, 'name'> {
@@ -25,6 +34,11 @@ export interface RegisterServiceOptions extends Omit<RegisterRequest, 'name'> {
   target?: { port: number; host?: string } | { path: string };
   /** Heartbeat period (default 30 s). */
   heartbeatSeconds?: number;
+  /**
+   * https: require a client certificate from the broker CA (mTLS). `true` admits the service's
+   * owner; `{ allow }` names the principals admitted. Keys keep working alongside.
+   */
+  requireClientCert?: boolean | { allow: string[] };
   /** Attach to an existing registration instead of registering (e.g. after a process restart). */
   existing?: { service: Service; serviceToken: string };
 }
@@ -85,10 +99,21 @@ export class BrokerService extends EventEmitter {
    * Options for `https.createServer` (https services): the local key, the broker-signed
    * certificate, TLS ≥ 1.2.
    */
-  tlsOptions(): { key: string; cert: string; minVersion: 'TLSv1.2' } {
+  tlsOptions(): ServiceTlsOptions {
     if (!this.tls)
       throw new BrokerError('validation_failed', `${this.ref} is not an https service`);
-    return { key: this.tls.key.keyPem, cert: this.tls.cert, minVersion: 'TLSv1.2' };
+    const base = { key: this.tls.key.keyPem, cert: this.tls.cert, minVersion: 'TLSv1.2' as const };
+    // mTLS: only clients whose certificate chains to the broker CA complete the handshake.
+    return this.opts.requireClientCert
+      ? { ...base, requestCert: true, rejectUnauthorized: true, ca: this.tls.ca }
+      : base;
+  }
+
+  /** Principals admitted by client certificate, or undefined without mTLS. */
+  private clientCertAllow(): string[] | undefined {
+    const r = this.opts.requireClientCert;
+    if (!r) return undefined;
+    return r === true ? [this.service.owner] : r.allow;
   }
 
   /**
@@ -102,7 +127,11 @@ export class BrokerService extends EventEmitter {
 
   /** The HTTPS gate for this service (bearer key, one-time login URL → cookie, WebSocket). */
   httpGate(opts: Omit<HttpGateOptions, 'verify'> = {}): HttpGate {
-    return new HttpGate({ ...opts, verify: (k) => this.verify(k) });
+    return new HttpGate({
+      clientCertAllow: this.clientCertAllow(),
+      ...opts,
+      verify: (k) => this.verify(k),
+    });
   }
 
   /** Renew the certificate now (normally done by the timer). */
@@ -273,7 +302,14 @@ export async function registerService(opts: RegisterServiceOptions): Promise<Bro
   if (opts.existing) {
     ({ service, serviceToken } = opts.existing);
   } else {
-    const { broker: _b, target: _t, heartbeatSeconds: _h, existing: _e, ...req } = opts;
+    const {
+      broker: _b,
+      target: _t,
+      heartbeatSeconds: _h,
+      existing: _e,
+      requireClientCert: _c,
+      ...req
+    } = opts;
     if ((opts.tunnel ?? 'ssh') === 'ssh' && !opts.target) {
       throw new BrokerError(
         'validation_failed',

@@ -5,7 +5,7 @@
  * connection stays up, TLS 1.1 refused, `broker open`.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { Agent, createServer, request, type Server } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -316,5 +316,105 @@ describe('HTTPS service behind the SDK gate', () => {
       env: { BROKER_URL: d.url, BROKER_CA: caFile, BROKER_TOKEN: d.adminToken },
     });
     expect(bad.code).toBe(2);
+  });
+});
+
+describe('mTLS: client certificates from the broker CA', () => {
+  let d: Daemon;
+  let svc: BrokerService;
+  let server: Server;
+  let caFile: string;
+  let base: string;
+  const dir = mkdtempSync(join(tmpdir(), 'broker-mtls-'));
+
+  beforeAll(async () => {
+    d = await Daemon.start();
+    caFile = join(dir, 'ca.pem');
+    writeFileSync(caFile, d.ca);
+    svc = await registerService({
+      broker: new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} }),
+      name: 'secure',
+      mode: 'https',
+      tunnel: 'none',
+      requireClientCert: true,
+    });
+    const gate = svc.httpGate({ cacheMs: 0 });
+    server = createServer(svc.tlsOptions(), async (req, res) => {
+      if (!(await gate.handle(req, res))) return;
+      res.end(`hello ${(req as { brokerPrincipal?: string }).brokerPrincipal}`);
+    });
+    await new Promise<void>((r) => server.listen(svc.port, '127.0.0.1', r));
+    base = `https://localhost:${svc.port}/`;
+  });
+  afterAll(async () => {
+    server?.close();
+    await svc?.close();
+    await d?.stop();
+  });
+
+  const curl = (certDir: string | null) =>
+    run('curl', [
+      '-sS',
+      '--cacert',
+      caFile,
+      ...(certDir ? ['--cert', join(certDir, 'cert.pem'), '--key', join(certDir, 'key.pem')] : []),
+      base,
+    ]);
+
+  it("ok/the owner's broker-issued client certificate gets in without a key", async () => {
+    const mine = join(dir, 'owner');
+    const r = await d.cli(['cert', '--out-dir', mine, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(statSync(join(mine, 'key.pem')).mode & 0o777).toBe(0o600);
+    const out = await curl(mine);
+    expect(out.out).toBe(`hello ${svc.service.owner}`);
+  });
+
+  it("fail/another principal's certificate: the TLS handshake works, the gate refuses (401)", async () => {
+    await d.addUser('mallory');
+    const theirs = join(dir, 'mallory');
+    const r = await d.cli(['cert', '--principal', 'mallory', '--out-dir', theirs]);
+    expect(r.code, r.stderr).toBe(0);
+    const out = await run('curl', [
+      '-sS',
+      '-o',
+      '/dev/null',
+      '-w',
+      '%{http_code}',
+      '--cacert',
+      caFile,
+      '--cert',
+      join(theirs, 'cert.pem'),
+      '--key',
+      join(theirs, 'key.pem'),
+      base,
+    ]);
+    expect(out.out).toBe('401');
+  });
+
+  it('fail/a certificate from a foreign CA, or none at all, does not complete the handshake', async () => {
+    const foreign = join(dir, 'foreign');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(foreign);
+    const gen = await run('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-subj',
+      `/CN=${svc.service.owner}`,
+      '-days',
+      '1',
+      '-keyout',
+      join(foreign, 'key.pem'),
+      '-out',
+      join(foreign, 'cert.pem'),
+    ]);
+    expect(gen.code, gen.out).toBe(0);
+    expect((await curl(foreign)).code).not.toBe(0);
+    expect((await curl(null)).code).not.toBe(0);
   });
 });

@@ -31,6 +31,8 @@ export const VerifyBody = z.object({ key: z.string().max(MAX_KEY_LINE_BYTES) }).
 
 export const RenewCertBody = z.object({ csr: z.string().min(1).max(8192).optional() }).strict();
 
+export const ClientCertBody = z.object({ csr: z.string().min(1).max(8192) }).strict();
+
 export const EmptyBody = z.object({}).strict();
 
 export const CreatePrincipalBody = z

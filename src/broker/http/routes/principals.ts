@@ -2,6 +2,7 @@
 import type { Route } from '../route.js';
 import {
   AddSshKeyBody,
+  ClientCertBody,
   CreatePrincipalBody,
   CreateTokenBody,
   NoParams,
@@ -111,6 +112,18 @@ export const principalRoutes: Route[] = [
     handler: ({ identity, params, source }, d) => {
       d.principals.removeSshKey(identity, principalParam(params), params.fingerprint ?? '', source);
       return { status: 204 };
+    },
+  },
+  {
+    method: 'POST',
+    path: '/v1/principals/:name/client-cert',
+    auth: true,
+    handler: async ({ identity, params, body, source }, d) => {
+      const { csr } = parse(ClientCertBody, body, 'body');
+      return {
+        status: 201,
+        json: await d.principals.issueClientCert(identity, principalParam(params), csr, source),
+      };
     },
   },
   {
