@@ -273,6 +273,51 @@ describe('HTTPS service behind the SDK gate', () => {
     broker.close();
   });
 
+  it('fail/NET-2: a foreign-CA certificate with the right SAN is rejected by curl and the SDK agent', async () => {
+    const gen = await run('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-subj',
+      `/CN=${svc.service.owner}\\/notebook`,
+      '-addext',
+      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-days',
+      '1',
+      '-keyout',
+      join(tmp, 'foreign-key.pem'),
+      '-out',
+      join(tmp, 'foreign-cert.pem'),
+    ]);
+    expect(gen.code, gen.out).toBe(0);
+    const { readFileSync } = await import('node:fs');
+    const fake = createServer(
+      {
+        cert: readFileSync(join(tmp, 'foreign-cert.pem')),
+        key: readFileSync(join(tmp, 'foreign-key.pem')),
+      },
+      (_q, r) => r.end('fake'),
+    );
+    await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+    const port = (fake.address() as { port: number }).port;
+    expect(
+      (await run('curl', ['-sS', '--cacert', caFile, `https://localhost:${port}/`])).code,
+    ).not.toBe(0);
+    const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
+    const agent = broker.httpsAgent({ service: { owner: svc.service.owner, name: 'notebook' } });
+    await expect(
+      new Promise((resolve, reject) =>
+        request(`https://localhost:${port}/`, { agent }, resolve).on('error', reject).end(),
+      ),
+    ).rejects.toThrow(/self-signed|unable to verify|certificate/i);
+    fake.close();
+    broker.close();
+  });
+
   it('fail/the service refuses TLS 1.1; ok/ TLS 1.2 verifies against the broker CA', async () => {
     expect(
       (
