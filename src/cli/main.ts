@@ -23,6 +23,7 @@ const MODULES: Record<string, () => Promise<CommandModule>> = {
   status: () => import('./commands/status.js'),
   tunnel: () => import('./commands/tunnel.js'),
   cert: () => import('./commands/cert.js'),
+  run: () => import('./commands/run.js'),
 };
 const MODULE_OF: Record<string, string> = {
   serve: 'serve',
@@ -43,6 +44,7 @@ const MODULE_OF: Record<string, string> = {
   connect: 'tunnel',
   open: 'tunnel',
   cert: 'cert',
+  run: 'run',
 };
 
 /** Wraps a command body: its return value is the exit code; errors print one line. */

@@ -39,6 +39,8 @@ export interface RegisterServiceOptions extends Omit<RegisterRequest, 'name'> {
    * owner; `{ allow }` names the principals admitted. Keys keep working alongside.
    */
   requireClientCert?: boolean | { allow: string[] };
+  /** false: do not attach the reverse tunnel until retarget() (e.g. until the app is up). */
+  startTunnel?: boolean;
   /** Attach to an existing registration instead of registering (e.g. after a process restart). */
   existing?: { service: Service; serviceToken: string };
 }
@@ -180,8 +182,22 @@ export class BrokerService extends EventEmitter {
       );
     }, period);
     this.heartbeat.unref();
-    if (this.service.tunnel === 'ssh') void this.keepTunnel();
+    if (this.service.tunnel === 'ssh' && this.opts.startTunnel !== false) this.startKeeper();
     this.scheduleRenewal();
+  }
+
+  private keeping = false;
+
+  private startKeeper(): void {
+    if (this.keeping || this.closed) return;
+    this.keeping = true;
+    void this.keepTunnel();
+  }
+
+  /** Send tunnelled connections to `target` from now on, and attach the tunnel if not yet. */
+  retarget(target: { port: number; host?: string } | { path: string }): void {
+    this.opts.target = target;
+    if (this.service.tunnel === 'ssh') this.startKeeper();
   }
 
   private removedByBroker(): void {
@@ -308,6 +324,7 @@ export async function registerService(opts: RegisterServiceOptions): Promise<Bro
       heartbeatSeconds: _h,
       existing: _e,
       requireClientCert: _c,
+      startTunnel: _s,
       ...req
     } = opts;
     if ((opts.tunnel ?? 'ssh') === 'ssh' && !opts.target) {

@@ -1,0 +1,169 @@
+/**
+ * `broker run` (issue 5, TCP): an unmodified Python echo server behind the key gate, through the
+ * reverse tunnel and with tunnel none; nothing without a valid key reaches the app; signals, exit
+ * codes and unregistering; no secret on any command line.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, Daemon, ROOT, issuedSecrets } from '../helpers/daemon.js';
+
+const ECHO = join(ROOT, 'examples', 'python-echo', 'echo_server.py');
+const tmp = mkdtempSync(join(tmpdir(), 'broker-run-'));
+
+function talk(port: number, payload: string, ms = 2500): Promise<string> {
+  return new Promise((resolve) => {
+    const s = createConnection({ host: '127.0.0.1', port });
+    let out = '';
+    const done = () => {
+      s.destroy();
+      resolve(out);
+    };
+    const t = setTimeout(done, ms);
+    s.on('data', (c) => {
+      out += c.toString();
+      if (out.includes('echo:') || out === 'DENIED\n') {
+        clearTimeout(t);
+        setTimeout(done, 50);
+      }
+    });
+    s.on('error', done);
+    s.on('close', () => {
+      clearTimeout(t);
+      resolve(out);
+    });
+    s.write(payload);
+  });
+}
+
+async function until(pred: () => boolean | Promise<boolean>, ms = 15_000, what = 'condition') {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await pred()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('broker run', () => {
+  let d: Daemon;
+  let owner: string;
+  const procs: ChildProcess[] = [];
+
+  function run(name: string, args: string[], countFile: string, extra: string[] = []) {
+    const p = spawn(
+      process.execPath,
+      [BIN, 'run', name, ...extra, '--', 'python3', ECHO, ...args, '--count-file', countFile],
+      {
+        env: d.env(),
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let err = '';
+    p.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    const exited = new Promise<number | null>((r) => p.once('exit', (code) => r(code)));
+    procs.push(p);
+    return { p, exited, err: () => err };
+  }
+  const count = (f: string) => (existsSync(f) ? Number(readFileSync(f, 'utf8')) : 0);
+  const status = async (name: string) =>
+    (await d.api('GET', `/v1/services/${owner}/${name}`)).body.service?.status;
+  const key = async (name: string, body: object = {}) =>
+    (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body })).body as {
+      key: string;
+      keyId: string;
+      service: { port: number };
+    };
+
+  beforeAll(async () => {
+    d = await Daemon.start();
+    owner = (await d.api('GET', '/v1/whoami')).body.principal.name;
+  });
+  afterAll(async () => {
+    for (const p of procs) p.kill('SIGKILL');
+    await d.stop();
+  });
+
+  it('ok/tcp + ssh: the key gets through to the app; no key, a wrong key or a revoked key never reach it', async () => {
+    const countFile = join(tmp, 'ssh.count');
+    const r = run('echo-ssh', ['--port', '{app_port}'], countFile);
+    await until(async () => (await status('echo-ssh')) === 'ready', 20_000, 'ready');
+    const k = await key('echo-ssh');
+    expect(await talk(k.service.port, `${k.key}\nping`)).toBe('OK\necho:ping');
+    const reached = count(countFile);
+    expect(await talk(k.service.port, 'bkk_' + 'w'.repeat(43) + '\nping')).toBe('DENIED\n');
+    expect(await talk(k.service.port, 'no key at all\nping')).toBe('DENIED\n');
+    await d.api('DELETE', `/v1/keys/${k.keyId}`);
+    expect(await talk(k.service.port, `${k.key}\nping`)).toBe('DENIED\n');
+    expect(count(countFile)).toBe(reached); // the app saw none of them
+    // /proc/<pid>/cmdline of every process holds no token or key (FS-4).
+    const cmdlines = readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .map((p) => {
+        try {
+          return readFileSync(`/proc/${p}/cmdline`, 'utf8');
+        } catch {
+          return '';
+        }
+      })
+      .filter((c) => c.includes('echo_server.py') || c.includes(' run '));
+    expect(cmdlines.length).toBeGreaterThan(0);
+    for (const c of cmdlines) for (const s of issuedSecrets) expect(c.includes(s)).toBe(false);
+    expect(cmdlines.join('\n')).not.toMatch(/bk[usk]_[A-Za-z0-9_-]{43}/);
+    // SIGTERM stops the app and unregisters.
+    r.p.kill('SIGTERM');
+    expect(await r.exited).toBe(143);
+    expect((await d.api('GET', `/v1/services/${owner}/echo-ssh`)).status).toBe(404);
+  });
+
+  it('ok/tcp + tunnel none: the gate listens on the service port; the app exiting by itself unregisters and passes its code on', async () => {
+    const countFile = join(tmp, 'none.count');
+    const r = run('echo-none', ['--port', '{app_port}'], countFile, ['--tunnel', 'none']);
+    await until(async () => (await status('echo-none')) === 'ready', 20_000, 'ready');
+    const k = await key('echo-none');
+    expect(await talk(k.service.port, `${k.key}\nhello`)).toBe('OK\necho:hello');
+    // The app dies on its own (kill -9): broker run notices, unregisters, exits 128+9.
+    const app = readdirSync('/proc')
+      .filter((p) => /^\d+$/.test(p))
+      .find((p) => {
+        try {
+          const c = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+          return c.includes(countFile) && !c.includes('bin/broker'); // the app, not broker run itself
+        } catch {
+          return false;
+        }
+      });
+    expect(app).toBeDefined();
+    process.kill(Number(app), 'SIGKILL');
+    expect(await r.exited).toBe(137);
+    expect(r.err()).toMatch(/exited with 137; unregistering/);
+    expect((await d.api('GET', `/v1/services/${owner}/echo-none`)).status).toBe(404);
+  });
+
+  it('ok/an app that exits with a status: broker run exits with the same status', async () => {
+    const p = spawn(
+      process.execPath,
+      [BIN, 'run', 'short', '--', 'python3', '-c', 'import sys; sys.exit(3)'],
+      { env: d.env(), stdio: 'ignore' },
+    );
+    procs.push(p);
+    expect(await new Promise((r) => p.once('exit', r))).toBe(3);
+    expect((await d.api('GET', `/v1/services/${owner}/short`)).status).toBe(404);
+  });
+
+  it('ok/--no-gate: the app gets the service token in a 0600 file, never in its arguments or environment', async () => {
+    const out = join(tmp, 'nogate.txt');
+    const script = `import os,stat; p=os.environ['BROKER_TOKEN_FILE']; open(${JSON.stringify(out)},'w').write('%o %s %s' % (stat.S_IMODE(os.stat(p).st_mode), open(p).read().strip()[:4], 'BROKER_TOKEN' in os.environ))`;
+    const p = spawn(
+      process.execPath,
+      [BIN, 'run', 'nogate', '--no-gate', '--', 'python3', '-c', script],
+      { env: { ...d.env(), BROKER_TOKEN: d.adminToken }, stdio: 'ignore' },
+    );
+    procs.push(p);
+    expect(await new Promise((r) => p.once('exit', r))).toBe(0);
+    expect(readFileSync(out, 'utf8')).toBe('600 bks_ False');
+  });
+});
