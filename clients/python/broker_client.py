@@ -20,6 +20,7 @@ Typical use::
 import http.client
 import json
 import os
+import socket
 import ssl
 import urllib.parse
 
@@ -309,3 +310,80 @@ class BrokerClient:
     def revoke_key(self, key_id):
         """Revoke a client key by its ``keyId`` (never by the key itself)."""
         self.request("DELETE", "/v1/keys/" + urllib.parse.quote(key_id, safe=""))
+
+
+# --- Gating a Python server (DESIGN §7) -------------------------------------------------------
+
+MAX_KEY_LINE_BYTES = 512
+KEY_LINE_TIMEOUT_SECONDS = 10.0
+
+
+def gate_socket(sock, client, timeout=KEY_LINE_TIMEOUT_SECONDS):
+    """Run the key handshake on an accepted socket: read the client's key line (at most 512
+    bytes, within ``timeout`` seconds), verify it with ``client`` (a BrokerClient holding the
+    service token), answer ``OK\\n`` and return ``(principal, leftover_bytes)``; or answer
+    ``DENIED\\n``, close the socket and return ``None``. Bytes the client sent after the key line
+    are returned, not lost. Never raises for a bad client; the key is never logged."""
+    buf = b""
+    old_timeout = sock.gettimeout()
+    try:
+        sock.settimeout(timeout)
+        while b"\n" not in buf:
+            if len(buf) > MAX_KEY_LINE_BYTES:
+                raise ValueError("key line too long")
+            chunk = sock.recv(MAX_KEY_LINE_BYTES + 1 - len(buf))
+            if not chunk:
+                raise ValueError("closed before the key line")
+            buf += chunk
+        line, rest = buf.split(b"\n", 1)
+        if len(line) > MAX_KEY_LINE_BYTES:
+            raise ValueError("key line too long")
+        answer = client.verify(line.decode("utf-8", "replace").strip())
+        if answer.get("valid") is not True:
+            raise ValueError("invalid key")
+        sock.sendall(b"OK\n")
+        sock.settimeout(old_timeout)
+        return answer["principal"], rest
+    except (OSError, ValueError, BrokerError):
+        try:
+            sock.sendall(b"DENIED\n")
+            # Half-close, then drain briefly: closing with unread input makes the kernel send a
+            # reset, and the client would never read DENIED.
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(0.5)
+            drained = 0
+            while drained < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+        return None
+
+
+class GatedRequestHandler:
+    """Mixin for ``socketserver`` handlers: put it first in the bases and set ``broker_client``
+    on the server. ``self.principal`` and ``self.leftover`` (bytes sent after the key line) are
+    set before ``handle()`` runs; connections without a valid key never reach ``handle()``.
+
+    Example::
+
+        class Echo(GatedRequestHandler, socketserver.BaseRequestHandler):
+            def handle(self):
+                self.request.sendall(self.leftover + self.request.recv(4096))
+
+        srv = socketserver.ThreadingTCPServer(("127.0.0.1", port), Echo)
+        srv.broker_client = BrokerClient(token=service_token)
+    """
+
+    def __init__(self, request, client_address, server):
+        gated = gate_socket(request, server.broker_client)
+        if gated is None:
+            return  # refused: DENIED was sent, handle() never runs
+        self.principal, self.leftover = gated
+        super().__init__(request, client_address, server)
