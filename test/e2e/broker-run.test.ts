@@ -3,8 +3,9 @@
  * reverse tunnel and with tunnel none; nothing without a valid key reaches the app; signals, exit
  * codes and unregistering; no secret on any command line.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { request as httpsRequest } from 'node:https';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -165,5 +166,148 @@ describe('broker run', () => {
     procs.push(p);
     expect(await new Promise((r) => p.once('exit', r))).toBe(0);
     expect(readFileSync(out, 'utf8')).toBe('600 bks_ False');
+  });
+});
+
+describe('broker run --mode https', () => {
+  let d: Daemon;
+  let owner: string;
+  let caFile: string;
+  const procs: ChildProcess[] = [];
+  const dir = mkdtempSync(join(tmpdir(), 'broker-run-https-'));
+
+  beforeAll(async () => {
+    d = await Daemon.start();
+    owner = (await d.api('GET', '/v1/whoami')).body.principal.name;
+    caFile = join(dir, 'ca.pem');
+    writeFileSync(caFile, d.ca);
+  });
+  afterAll(async () => {
+    for (const p of procs) p.kill('SIGKILL');
+    await d.stop();
+  });
+
+  function curl(args: string[]): Promise<string> {
+    return new Promise((resolve) =>
+      execFile('curl', ['-sS', '--cacert', caFile, ...args], (_e, out) => resolve(out)),
+    );
+  }
+
+  it('ok/python -m http.server behind the HTTPS gate (reverse tunnel): key → 200, none → 401, login URL → cookie', async () => {
+    writeFileSync(join(dir, 'hello.txt'), 'file content\n');
+    const p = spawn(
+      process.execPath,
+      [
+        BIN,
+        'run',
+        'files',
+        '--mode',
+        'https',
+        '--',
+        'python3',
+        '-m',
+        'http.server',
+        '{app_port}',
+        '--bind',
+        '127.0.0.1',
+      ],
+      {
+        env: d.env(),
+        cwd: dir,
+        stdio: 'ignore',
+      },
+    );
+    procs.push(p);
+    await until(
+      async () =>
+        (await d.api('GET', `/v1/services/${owner}/files`)).body.service?.status === 'ready',
+      20_000,
+      'ready',
+    );
+    const { key, service } = (await d.api('POST', `/v1/services/${owner}/files/keys`, { body: {} }))
+      .body;
+    const base = `https://localhost:${service.port}`;
+    expect(await curl(['-H', `Authorization: Bearer ${key}`, `${base}/hello.txt`])).toBe(
+      'file content\n',
+    );
+    expect(await curl(['-o', '/dev/null', '-w', '%{http_code}', `${base}/hello.txt`])).toBe('401');
+    // For a tunnelled service `broker open` opens a local tunnel and stays in the foreground.
+    const open = spawn(process.execPath, [BIN, 'open', 'files', '--json'], {
+      env: d.env(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    procs.push(open);
+    let out = '';
+    open.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => out.trim().endsWith('}'), 15_000, 'broker open');
+    const url = JSON.parse(out).url as string;
+    expect(url).toMatch(/^https:\/\/localhost:\d+\/\?broker_key=bkk_/);
+    const headers = await curl(['-D', '-', '-o', '/dev/null', url]);
+    expect(headers).toMatch(/^HTTP\/1\.1 303/);
+    expect(headers).toMatch(/Set-Cookie: broker_session=[^;]+; HttpOnly; Secure; SameSite=Strict/);
+    open.kill('SIGTERM');
+    p.kill('SIGTERM');
+  });
+
+  it('ok/a WebSocket upgrade passes the gate with a key and is refused without', async () => {
+    const p = spawn(
+      process.execPath,
+      [
+        BIN,
+        'run',
+        'wsapp',
+        '--mode',
+        'https',
+        '--tunnel',
+        'none',
+        '--',
+        process.execPath,
+        join(ROOT, 'test', 'fixtures', 'ws-app.mjs'),
+        '{app_port}',
+      ],
+      {
+        env: d.env(),
+        stdio: 'ignore',
+      },
+    );
+    procs.push(p);
+    await until(
+      async () =>
+        (await d.api('GET', `/v1/services/${owner}/wsapp`)).body.service?.status === 'ready',
+      20_000,
+      'ready',
+    );
+    const { key, service } = (await d.api('POST', `/v1/services/${owner}/wsapp/keys`, { body: {} }))
+      .body;
+    const upgrade = (auth?: string) =>
+      new Promise<string>((resolve, reject) => {
+        const req = httpsRequest(`https://localhost:${service.port}/ws`, {
+          ca: d.ca,
+          headers: {
+            Connection: 'Upgrade',
+            Upgrade: 'websocket',
+            ...(auth ? { Authorization: `Bearer ${auth}` } : {}),
+          },
+        });
+        req.on('upgrade', (_res, socket) => {
+          socket.once('data', (c) => {
+            socket.destroy();
+            resolve(`101 ${c}`);
+          });
+          socket.write('ping');
+        });
+        req.on('response', (res) => {
+          res.resume();
+          resolve(String(res.statusCode));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    expect(await upgrade()).toBe('401');
+    expect(await upgrade(key)).toBe('101 ws-echo:ping');
+    expect(
+      await curl(['-H', `Authorization: Bearer ${key}`, `https://localhost:${service.port}/x?y=1`]),
+    ).toBe('app saw /x?y=1');
+    p.kill('SIGTERM');
   });
 });

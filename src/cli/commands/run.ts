@@ -47,7 +47,11 @@ export function define(program: Command, action: Action): void {
       'register, start COMMAND behind a key gate, keep it reachable, unregister when it ends',
     )
     .option('--tunnel <kind>', 'ssh (reverse tunnel; the app stays on loopback) or none', 'ssh')
-    .option('--mode <mode>', 'tcp (the https gate for broker run is not built yet)', 'tcp')
+    .option(
+      '--mode <mode>',
+      'tcp (key line, then a byte pipe) or https (TLS, key or login URL, then an HTTP proxy)',
+      'tcp',
+    )
     .option(
       '--host <ip>',
       'with --tunnel none: the address to listen on (default: the address you register from)',
@@ -63,7 +67,8 @@ export function define(program: Command, action: Action): void {
       `
 Examples:
   broker run echo -- python3 -m my_echo_server --port {app_port}
-  broker run tb -- tensorboard --logdir runs --host 127.0.0.1 --port {app_port}
+  broker run tb --mode https -- tensorboard --logdir runs --host 127.0.0.1 --port {app_port}
+  broker run files --mode https -- python3 -m http.server {app_port} --bind 127.0.0.1   # then: broker open files
   broker run raw --no-gate --tunnel none -- ./server --port {port}    # checks keys itself
 
 The command gets BROKER_SERVICE, BROKER_PORT (the public port), BROKER_APP_PORT (where it must
@@ -79,10 +84,15 @@ and SIGHUP are forwarded; broker run exits with the command's status.`,
           command: string[],
           opts: Record<string, string | boolean | undefined>,
         ) => {
-          if (opts.mode !== 'tcp')
+          if (opts.mode !== 'tcp' && opts.mode !== 'https') {
+            throw new UsageError('--mode must be tcp or https');
+          }
+          const https = opts.mode === 'https';
+          if (https && opts.gate === false) {
             throw new UsageError(
-              'broker run supports --mode tcp for now; https services: use the server SDK',
+              '--no-gate with --mode https: use the server SDK (httpGate) in your app',
             );
+          }
           if (command.length === 0) throw new UsageError('give the command to run after --');
           const { registerService } = await import('../../server-sdk/service.js');
           const { gate } = await import('../../server-sdk/gate.js');
@@ -101,6 +111,7 @@ and SIGHUP are forwarded; broker run exits with the command's status.`,
             broker,
             name,
             tunnel,
+            mode: https ? 'https' : 'tcp',
             ...(opts.host ? { host: String(opts.host) } : {}),
             ...(opts.ttl ? { ttlSeconds: parseDuration(String(opts.ttl), '--ttl') } : {}),
             // Tunnelled connections go to the gate (or straight to the app with --no-gate); the
@@ -109,7 +120,7 @@ and SIGHUP are forwarded; broker run exits with the command's status.`,
             startTunnel: false,
           });
           const say = (s: string) => io.stderr.write(`broker run: ${s}\n`);
-          let gateServer: Server | null = null;
+          let gateServer: Server | import('node:https').Server | null = null;
           const cleanup = () => rmSync(work, { recursive: true, force: true });
           try {
             const env: NodeJS.ProcessEnv = {
@@ -158,19 +169,21 @@ and SIGHUP are forwarded; broker run exits with the command's status.`,
             // The gate: key line, verify, then a byte-for-byte pipe to the app.
             const target = noGate ? (tunnel === 'none' ? null : appTarget) : appTarget;
             if (!noGate) {
-              gateServer = createServer(
-                gate(
-                  (sock: Socket) => {
-                    const up =
-                      'path' in appTarget
-                        ? netConnect(appTarget.path)
-                        : netConnect({ host: '127.0.0.1', port: appTarget.port });
-                    if (!('path' in appTarget)) up.setNoDelay(true);
-                    splice(sock, up);
-                  },
-                  { verify: (k) => svc.verify(k) },
-                ),
-              );
+              gateServer = https
+                ? (await import('./https-front.js')).httpsFront(svc, appTarget)
+                : createServer(
+                    gate(
+                      (sock: Socket) => {
+                        const up =
+                          'path' in appTarget
+                            ? netConnect(appTarget.path)
+                            : netConnect({ host: '127.0.0.1', port: appTarget.port });
+                        if (!('path' in appTarget)) up.setNoDelay(true);
+                        splice(sock, up);
+                      },
+                      { verify: (k) => svc.verify(k) },
+                    ),
+                  );
               const listenHost = tunnel === 'none' ? svc.service.host : '127.0.0.1';
               await new Promise<void>((resolve, reject) => {
                 gateServer!.once('error', reject);

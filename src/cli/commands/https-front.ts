@@ -1,0 +1,68 @@
+/**
+ * The HTTPS front of `broker run --mode https`: TLS with the broker-issued certificate, the HTTP
+ * gate (bearer key, login URL → cookie), then a plain-HTTP proxy to the app on loopback,
+ * WebSocket upgrades included. The app never sees a request without a valid key.
+ */
+import { request as httpRequest } from 'node:http';
+import { createServer, type Server } from 'node:https';
+import { connect as netConnect } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { splice } from '../../protocol/splice.js';
+import type { BrokerService } from '../../server-sdk/service.js';
+
+type AppTarget = { port: number } | { path: string };
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'upgrade',
+  'te',
+  'trailer',
+]);
+
+export function httpsFront(svc: BrokerService, app: AppTarget): Server {
+  const gate = svc.httpGate();
+  const server = createServer(svc.tlsOptions(), async (req, res) => {
+    if (!(await gate.handle(req, res))) return;
+    const headers: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(req.headers))
+      if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
+    headers['x-forwarded-proto'] = 'https';
+    const up = httpRequest(
+      {
+        ...('path' in app ? { socketPath: app.path } : { host: '127.0.0.1', port: app.port }),
+        method: req.method,
+        path: req.url,
+        headers,
+      },
+      (upRes) => {
+        res.writeHead(upRes.statusCode ?? 502, upRes.headers);
+        upRes.pipe(res);
+      },
+    );
+    up.on('error', () => {
+      if (!res.headersSent) res.writeHead(502, { 'Content-Type': 'text/plain' });
+      res.end('the app is not answering\n');
+    });
+    req.pipe(up);
+  });
+  server.on('upgrade', (req, socket: Duplex, head: Buffer) =>
+    gate.upgrade(req, socket, head, (r, s, h) => {
+      const up =
+        'path' in app ? netConnect(app.path) : netConnect({ host: '127.0.0.1', port: app.port });
+      up.once('connect', () => {
+        const lines = [`${r.method} ${r.url} HTTP/1.1`];
+        for (let i = 0; i < r.rawHeaders.length; i += 2)
+          lines.push(`${r.rawHeaders[i]}: ${r.rawHeaders[i + 1]}`);
+        up.write(lines.join('\r\n') + '\r\n\r\n');
+        if (h.length) up.write(h);
+        splice(s, up);
+      });
+      up.once('error', () => s.destroy());
+    }),
+  );
+  svc.watch(server);
+  return server;
+}
