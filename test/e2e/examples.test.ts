@@ -1,0 +1,99 @@
+/**
+ * The examples in examples/ run as documented: the Node SDK server and the batch job script
+ * (eval "$(broker register … --format env)" with a Python server gated by the Python helper).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
+
+async function until(pred: () => boolean | Promise<boolean>, ms = 20_000, what = 'condition') {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await pred()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function talk(port: number, payload: string): Promise<string> {
+  return new Promise((resolve) => {
+    const s = createConnection({ host: '127.0.0.1', port });
+    let out = '';
+    const t = setTimeout(() => (s.destroy(), resolve(out)), 3000);
+    s.on('data', (c) => {
+      out += c.toString();
+      if (out.includes('echo') || out === 'DENIED\n') {
+        clearTimeout(t);
+        setTimeout(() => (s.destroy(), resolve(out)), 50);
+      }
+    });
+    s.on('error', () => resolve(out));
+    s.write(payload);
+  });
+}
+
+describe('examples', () => {
+  let d: Daemon;
+  let owner: string;
+  const procs: ChildProcess[] = [];
+  const bin = mkdtempSync(join(tmpdir(), 'broker-bin-'));
+
+  beforeAll(async () => {
+    d = await Daemon.start();
+    owner = (await d.api('GET', '/v1/whoami')).body.principal.name;
+    // `broker` on PATH, as a site would install it.
+    writeFileSync(join(bin, 'broker'), `#!/bin/sh\nexec "${process.execPath}" "${BIN}" "$@"\n`);
+    chmodSync(join(bin, 'broker'), 0o755);
+  });
+  afterAll(async () => {
+    for (const p of procs) p.kill('SIGKILL');
+    await d.stop();
+  });
+
+  const env = () => ({ ...d.env(), PATH: `${bin}:${process.env.PATH}` });
+  const key = async (name: string) =>
+    (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body: {} })).body;
+
+  it('ok/examples/node-sdk/echo-server.mjs: registers, tunnels, gates; SIGTERM unregisters', async () => {
+    const p = spawn(
+      process.execPath,
+      [join(ROOT, 'examples', 'node-sdk', 'echo-server.mjs'), 'nodeecho'],
+      { env: env(), stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    procs.push(p);
+    let out = '';
+    p.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => out.includes('nodeecho: ready'), 20_000, 'node example ready');
+    const k = await key('nodeecho');
+    expect(await talk(k.service.port, `${k.key}\nhi`)).toBe(`OK\necho(${owner}): hi`);
+    expect(await talk(k.service.port, 'bkk_' + 'q'.repeat(43) + '\nhi')).toBe('DENIED\n');
+    p.kill('SIGTERM');
+    await new Promise((r) => p.once('exit', r));
+    expect((await d.api('GET', `/v1/services/${owner}/nodeecho`)).status).toBe(404);
+  });
+
+  it('ok/examples/jobscript/job.sh: eval register --format env, Python gate, ready, unregister at exit', async () => {
+    const p = spawn('sh', [join(ROOT, 'examples', 'jobscript', 'job.sh'), 'jobecho'], {
+      env: env(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    procs.push(p);
+    let out = '';
+    p.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => out.includes('ready on'), 20_000, 'job script ready');
+    const k = await key('jobecho');
+    expect(await talk(k.service.port, `${k.key}\nfrom-a-job`)).toBe('OK\necho:from-a-job');
+    expect(await talk(k.service.port, 'wrong\nfrom-a-job')).toBe('DENIED\n');
+    process.kill(-p.pid!, 'SIGTERM'); // the batch system ends the job
+    await until(
+      async () => (await d.api('GET', `/v1/services/${owner}/jobecho`)).status === 404,
+      10_000,
+      'unregistered',
+    );
+  });
+});
