@@ -171,11 +171,15 @@ describe('CLI contract', () => {
   it('load --wait: a client started before the job gets its key once the service is ready', async () => {
     const waiting = d.cli(['load', 'later', '--wait', '20s', '--json']);
     await new Promise((r) => setTimeout(r, 700));
-    const reg = JSON.parse((await d.cli(['register', 'later', '--tunnel', 'none', '--json'])).stdout);
+    const reg = JSON.parse(
+      (await d.cli(['register', 'later', '--tunnel', 'none', '--json'])).stdout,
+    );
     const srv = createServer((s) => s.end());
     await new Promise<void>((r) => srv.listen(reg.service.port, '127.0.0.1', r));
     await new Promise((r) => setTimeout(r, 500));
-    expect((await d.cli(['ready', 'later'], { env: { BROKER_TOKEN: reg.serviceToken } })).code).toBe(0);
+    expect(
+      (await d.cli(['ready', 'later'], { env: { BROKER_TOKEN: reg.serviceToken } })).code,
+    ).toBe(0);
     const r = await waiting;
     srv.close();
     expect(r.code, r.stderr).toBe(0);
