@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, Daemon, ROOT, issuedSecrets } from '../helpers/daemon.js';
+import { until } from '../helpers/wait.js';
 
 const ECHO = join(ROOT, 'examples', 'python-echo', 'echo_server.py');
 const tmp = mkdtempSync(join(tmpdir(), 'broker-run-'));
@@ -38,15 +39,6 @@ function talk(port: number, payload: string, ms = 2500): Promise<string> {
     });
     s.write(payload);
   });
-}
-
-async function until(pred: () => boolean | Promise<boolean>, ms = 15_000, what = 'condition') {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 describe('broker run', () => {

@@ -9,15 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
-
-async function until(pred: () => boolean | Promise<boolean>, ms = 20_000, what = 'condition') {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { until } from '../helpers/wait.js';
 
 function talk(port: number, payload: string): Promise<string> {
   return new Promise((resolve) => {

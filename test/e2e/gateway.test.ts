@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { connect } from '../../src/client/tunnel.js';
 import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
+import { until } from '../helpers/wait.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'broker-gw-'));
 const askpass = join(tmp, 'askpass');
@@ -24,20 +25,6 @@ function freePort(): Promise<number> {
       s.close(() => resolve(p));
     });
   });
-}
-
-/** Wait until `pred` holds, polling. */
-async function until(
-  pred: () => boolean | Promise<boolean>,
-  ms = 10_000,
-  what = 'condition',
-): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 /** Connect, optionally present a key, send `msg`, return what comes back within `ms`. */
