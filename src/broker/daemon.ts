@@ -16,6 +16,7 @@ import { LocalCA } from './ca/local-ca.js';
 import { systemClock, type Clock } from './clock.js';
 import { splitHostPort, type Config } from './config.js';
 import { KeyService } from './keys.js';
+import { PromMetrics } from './metrics.js';
 import { FailureLimiter } from './limiter.js';
 import { canonicalIp } from './net-util.js';
 import { PrincipalAdmin } from './principals.js';
@@ -129,6 +130,17 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     // removed service's token and keys stop working at once.
     const onRemoved: ((s: ServiceRow) => void)[] = [];
     const gatewayRef = { port: ssh.port };
+    let gatewayStats = { tunnels: () => 0, channels: () => 0, bytes: () => 0 };
+    const metrics = new PromMetrics({
+      servicesByStatus: () => {
+        const counts: Record<string, number> = { pending: 0, ready: 0, offline: 0 };
+        for (const s of store.listServices()) counts[s.status] = (counts[s.status] ?? 0) + 1;
+        return counts;
+      },
+      tunnelsOpen: () => gatewayStats.tunnels(),
+      channelsOpen: () => gatewayStats.channels(),
+      gatewayBytes: () => gatewayStats.bytes(),
+    });
     const hostKey = loadOrCreateHostKey(dir);
     const events: ServiceEvents = {
       removed: (s, reason) => {
@@ -155,6 +167,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       caCertPem: ca.caCertPem,
       publicHost,
       sshPort: () => gatewayRef.port,
+      metrics,
       limiter: new FailureLimiter(
         {
           maxFailures: config.verifyMaxFailures,
@@ -205,6 +218,11 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       },
     });
     onRemoved.push((s) => gateway.serviceRemoved(s.id));
+    gatewayStats = {
+      tunnels: () => gateway.openTunnels,
+      channels: () => gateway.openChannels,
+      bytes: () => gateway.bytesForwarded,
+    };
     gatewayRef.port = await gateway.listen(ssh.host, ssh.port);
     closers.unshift(() => void gateway.close());
 
@@ -240,6 +258,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       version: VERSION,
       log,
       openapi: loadOpenApi(),
+      metrics,
       health: () => ({
         gateway: {
           host: publicHost,
@@ -255,7 +274,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       config,
       { cert: apiCert.certPem + ca.caCertPem, key: apiCert.keyPem! },
       app,
-      createVerifyHandler({ auth, keys, log }),
+      createVerifyHandler({ auth, keys, log, metrics }),
     );
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

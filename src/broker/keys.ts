@@ -14,6 +14,7 @@ import { keyJson, serviceJson } from './serialize.js';
 import type { ServiceRegistry } from './services.js';
 import type { KeyRow, ServiceRow, Store } from './store/store.js';
 import type { FailureLimiter } from './limiter.js';
+import type { Metrics } from './metrics.js';
 
 /** How long a verified multi-use key row may be reused without a store read. */
 export const KEY_CACHE_MS = 2000;
@@ -30,6 +31,7 @@ export interface KeyDeps {
   sshPort: () => number;
   /** Backoff on failed verifies per service (BF-1); none in unit tests that do not need it. */
   limiter?: FailureLimiter;
+  metrics?: Metrics;
   /** The gateway's public host key (`ssh-ed25519 AAAA…`), for the known_hosts line. */
   sshHostKey?: string;
 }
@@ -77,6 +79,7 @@ export class KeyService {
       usesLeft: req.once ? 1 : null,
       lastUsedAt: null,
     });
+    this.d.metrics?.keyIssued();
     this.d.audit.record({
       actor: id.principal.name,
       action: 'key.load',
@@ -150,6 +153,7 @@ export class KeyService {
             details: { retryAfterSeconds },
           });
         }
+        this.d.metrics?.verify('throttled');
         const err = new BrokerError(
           'rate_limited',
           `too many failed verifies for ${target}; retry in ${retryAfterSeconds} s`,
@@ -168,8 +172,10 @@ export class KeyService {
         },
         `verify-refused\0${s.id}\0${source}`,
       );
+      this.d.metrics?.verify('invalid');
       return { valid: false };
     }
+    this.d.metrics?.verify('ok');
     this.uses.set(row!.id, now);
     this.d.audit.record(
       {

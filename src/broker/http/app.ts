@@ -107,7 +107,7 @@ export function createApp(deps: AppDeps): express.Express {
   app.use((req: Request, res: Response, next: NextFunction) => {
     const meta = startRequest(res);
     res.locals.meta = meta;
-    res.on('finish', () => logAccess(deps.log, req, res, meta));
+    res.on('finish', () => logAccess(deps.log, req, res, meta, deps.metrics));
     const q = req.url.indexOf('?');
     if (q !== -1 && SECRET_IN_QUERY.test(req.url.slice(q))) {
       return next(

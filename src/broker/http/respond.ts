@@ -8,6 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.js';
 import { canonicalIp } from '../net-util.js';
+import type { Metrics } from '../metrics.js';
 
 export interface RequestMeta {
   requestId: string;
@@ -98,8 +99,14 @@ export function logAccess(
   req: IncomingMessage,
   res: ServerResponse,
   meta: RequestMeta,
+  metrics?: Metrics,
 ): void {
   const ms = Number(process.hrtime.bigint() - meta.start) / 1e6;
+  // Route templates only, never raw paths: bounded label values.
+  const route =
+    (req as { route?: { path?: string } }).route?.path ??
+    (req.url === '/v1/verify' ? '/v1/verify' : 'unmatched');
+  metrics?.request(req.method ?? 'OTHER', route, res.statusCode, ms / 1000);
   const line = {
     requestId: meta.requestId,
     method: req.method,

@@ -8,6 +8,7 @@ import type { PrincipalAdmin } from '../principals.js';
 import type { ServiceRegistry } from '../services.js';
 import type { Store } from '../store/store.js';
 import type { RequestMeta } from './respond.js';
+import type { Metrics } from '../metrics.js';
 
 export interface AppDeps {
   registry: ServiceRegistry;
@@ -21,6 +22,7 @@ export interface AppDeps {
   /** The OpenAPI document served at /v1/openapi.json (null: not shipped). */
   openapi: unknown;
   health: () => Record<string, unknown>;
+  metrics: Metrics;
   /** Write buffered audit events (before reading the audit table). */
   flushAudit: () => void;
 }

@@ -10,6 +10,7 @@ import { BrokerError } from '../../protocol/errors.js';
 import { MAX_BODY_BYTES, MAX_KEY_LINE_BYTES } from '../../protocol/constants.js';
 import { Authenticator } from '../auth.js';
 import type { KeyService } from '../keys.js';
+import type { Metrics } from '../metrics.js';
 import { checkBodyHeaders } from './app.js';
 import {
   logAccess,
@@ -80,10 +81,15 @@ function parseVerifyBody(raw: Buffer): string {
   return key;
 }
 
-export function createVerifyHandler(deps: { auth: Authenticator; keys: KeyService; log: Logger }) {
+export function createVerifyHandler(deps: {
+  auth: Authenticator;
+  keys: KeyService;
+  log: Logger;
+  metrics?: Metrics;
+}) {
   return async function verify(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const meta = startRequest(res);
-    res.on('finish', () => logAccess(deps.log, req, res, meta));
+    res.on('finish', () => logAccess(deps.log, req, res, meta, deps.metrics));
     try {
       const bad = checkBodyHeaders(req);
       if (bad) throw bad;

@@ -1,10 +1,25 @@
 /** Routes about the broker itself: health, CA, OpenAPI, whoami, audit. */
 import { BrokerError } from '../../../protocol/errors.js';
+import { Authenticator } from '../../auth.js';
+import { isLoopback } from '../../net-util.js';
+import { requireAdmin } from '../../principals.js';
 import { auditJson, principalJson, serviceJson } from '../../serialize.js';
 import type { Route } from '../route.js';
 import { AuditParams, NoParams, parse } from '../schemas.js';
 
 export const metaRoutes: Route[] = [
+  {
+    // Prometheus text; from loopback (a local scraper) or with an admin token.
+    method: 'GET',
+    path: '/metrics',
+    auth: false,
+    handler: async ({ req, source }, d) => {
+      if (!isLoopback(source))
+        requireAdmin(d.auth.authenticate(Authenticator.bearer(req.headers.authorization)));
+      const { contentType, body } = await d.metrics.render();
+      return { text: { contentType, body } };
+    },
+  },
   {
     method: 'GET',
     path: '/v1/health',
