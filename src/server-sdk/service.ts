@@ -5,6 +5,7 @@
  * carried to `target` (a TCP port or a Unix socket), which is normally a gated server.
  */
 import { EventEmitter } from 'node:events';
+import { randomInt } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
 import { BrokerClient } from '../client/broker-client.js';
 import { gatewayInfo, sshConnect } from '../client/ssh.js';
@@ -247,7 +248,7 @@ export class BrokerService extends EventEmitter {
         }
       }
       if (this.closed) return;
-      const wait = delay / 2 + Math.floor((Math.random() * delay) / 2); // eslint-disable-line no-restricted-properties -- jitter, not a secret
+      const wait = delay / 2 + randomInt(Math.max(1, Math.floor(delay / 2))); // jitter
       await new Promise<void>((resolve) => {
         this.wake = resolve;
         setTimeout(resolve, wait).unref();
