@@ -1,4 +1,5 @@
 /** Small helpers shared by commands: exit codes, errors, durations, output formats. */
+import { renameSync, writeFileSync } from 'node:fs';
 import { BrokerError, type ErrorCode } from '../protocol/errors.js';
 import { BrokerClient } from '../client/broker-client.js';
 import type { Io } from './io.js';
@@ -106,3 +107,10 @@ export async function readStdin(io: Io, maxBytes = 4096): Promise<string> {
 
 /** Wait `ms`, resolving early on abort. */
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Write a 0600 file atomically: created private (never chmod'ed), renamed over any old one. */
+export function writePrivateFile(path: string, content: string): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
+  renameSync(tmp, path);
+}

@@ -58,7 +58,7 @@ export class BrokerClient {
   readonly credentials: Credentials;
   private readonly agent: Agent | undefined;
   private readonly timeoutMs: number;
-  private owner: Promise<string> | null = null;
+  private who: Promise<WhoAmI> | null = null;
 
   constructor(opts: BrokerClientOptions = {}) {
     this.credentials = discoverCredentials(opts);
@@ -186,15 +186,25 @@ export class BrokerClient {
     });
   }
 
+  /**
+   * Who the token belongs to, asked once per client: a token's principal or service never
+   * changes, so every later caller shares the answer.
+   */
+  me(): Promise<WhoAmI> {
+    this.who ??= this.whoami();
+    this.who.catch(() => (this.who = null));
+    return this.who;
+  }
+
+  /** The caller's own name: the principal, or the owner of the service the token is for. */
+  async selfName(): Promise<string> {
+    const w = await this.me();
+    return w.kind === 'principal' ? w.principal.name : w.service.owner;
+  }
+
   /** Resolve `owner/name` or a bare `name` (the caller's own service). */
   async ref(ref: string): Promise<ServiceRef> {
-    if (!ref.includes('/')) {
-      this.owner ??= this.whoami().then((w) =>
-        w.kind === 'principal' ? w.principal.name : w.service.owner,
-      );
-      this.owner.catch(() => (this.owner = null));
-    }
-    const parsed = parseServiceRef(ref, ref.includes('/') ? undefined : await this.owner!);
+    const parsed = parseServiceRef(ref, ref.includes('/') ? undefined : await this.selfName());
     if (!parsed)
       throw new BrokerError(
         'validation_failed',

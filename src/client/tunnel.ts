@@ -19,7 +19,7 @@ function destination(l: LoadResponse): { host: string; port: number } {
 }
 
 async function principalName(broker: BrokerClient): Promise<string> {
-  const who = await broker.whoami();
+  const who = await broker.me();
   if (who.kind !== 'principal')
     throw new BrokerError(
       'forbidden',

@@ -150,7 +150,7 @@ export function define(program: Command, action: Action): void {
           opts: { label?: string; ttl?: string; json?: boolean },
         ) => {
           const broker = client(io);
-          const who = principal ?? (await broker.ref('x')).owner;
+          const who = principal ?? (await broker.selfName());
           const res = await broker.createToken(who, {
             ...(opts.label ? { label: opts.label } : {}),
             ...(opts.ttl ? { ttlSeconds: parseDuration(opts.ttl, '--ttl') } : {}),
@@ -171,7 +171,7 @@ export function define(program: Command, action: Action): void {
     .action(
       action(async (io, principal: string | undefined, opts: { json?: boolean }) => {
         const broker = client(io);
-        const who = principal ?? (await broker.ref('x')).owner;
+        const who = principal ?? (await broker.selfName());
         const tokens = await broker.listTokens(who);
         broker.close();
         if (opts.json) printJson(io, { tokens });

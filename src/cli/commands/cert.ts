@@ -1,9 +1,9 @@
 /** broker cert: a short-lived client certificate for mTLS, with the key made on this machine. */
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
-import { client, printJson } from '../util.js';
+import { client, printJson, writePrivateFile } from '../util.js';
 
 export function define(program: Command, action: Action): void {
   program
@@ -26,15 +26,13 @@ you (CN = your principal) and lasts as long as a client key (12 h by default).`,
       action(async (io, opts: { outDir: string; principal?: string; json?: boolean }) => {
         const { newLocalKey, csrFor } = await import('../../server-sdk/csr.js');
         const broker = client(io);
-        const who = opts.principal ?? (await broker.ref('x')).owner;
+        const who = opts.principal ?? (await broker.selfName());
         const key = await newLocalKey();
         const res = await broker.clientCert(who, await csrFor(key));
         broker.close();
         const dir = resolve(opts.outDir);
         mkdirSync(dir, { recursive: true, mode: 0o700 });
-        const tmp = join(dir, `key.pem.${process.pid}.tmp`);
-        writeFileSync(tmp, key.keyPem, { mode: 0o600, flag: 'wx' });
-        renameSync(tmp, join(dir, 'key.pem'));
+        writePrivateFile(join(dir, 'key.pem'), key.keyPem);
         writeFileSync(join(dir, 'cert.pem'), res.cert);
         writeFileSync(join(dir, 'ca.pem'), res.ca);
         if (opts.json) printJson(io, { ...res, dir });

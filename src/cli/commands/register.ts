@@ -1,17 +1,18 @@
-import { readFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { RegisterRequest } from '../../protocol/types.js';
 import type { Action } from '../main.js';
 import type { BrokerClient } from '../../client/broker-client.js';
-import { client, envLines, formatOf, parseDuration, printJson, UsageError } from '../util.js';
-
-/** Write a 0600 file atomically: created private (never chmod'ed), renamed over any old one. */
-function writePrivateFile(path: string, content: string): void {
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
-  renameSync(tmp, path);
-}
+import {
+  client,
+  envLines,
+  formatOf,
+  parseDuration,
+  printJson,
+  UsageError,
+  writePrivateFile,
+} from '../util.js';
 
 /** The exact `ssh -R` line for a tunnelled service (the gateway's address comes from the API). */
 async function attachHint(broker: BrokerClient, owner: string): Promise<string> {

@@ -35,7 +35,7 @@ Examples:
         }
         if (!key) throw new UsageError('no key: give it on stdin (one line)');
         const broker = client(io);
-        const me = await broker.whoami();
+        const me = await broker.me();
         const ref = await broker.ref(name);
         if (
           me.kind !== 'service' ||
