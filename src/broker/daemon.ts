@@ -288,7 +288,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     const url = `https://${urlHost(publicHost)}:${port}`;
 
     const credentialsPath = dir.file('credentials');
-    bootstrapCredentials({ dir, store, principals, auth, url, caPem: ca.caCertPem, log });
+    bootstrapCredentials({ dir, store, principals, auth, url, caPem: ca.caCertPem, log, clock });
 
     const sweep = () => {
       try {
@@ -382,6 +382,7 @@ function bootstrapCredentials(d: {
   url: string;
   caPem: string;
   log: Logger;
+  clock: Clock;
 }): void {
   const path = d.dir.file('credentials');
   let token: string | null = null;
@@ -403,11 +404,12 @@ function bootstrapCredentials(d: {
       if (d.store.getPrincipal(admin)) admin = 'admin';
       const created = d.principals.create(null, admin, 'admin', null);
       d.store.setMeta('bootstrap_admin', admin);
+      d.store.setMeta('bootstrap_token_id', created.tokenId);
       token = created.token;
       d.log.info({ principal: admin }, 'first start: created the admin principal');
     } else {
       const oldId = d.store.getMeta('bootstrap_token_id');
-      if (oldId) d.store.revokeToken(oldId, Date.now());
+      if (oldId) d.store.revokeToken(oldId, d.clock.now());
       const principal = d.store.getPrincipal(admin)!;
       const created = d.principals.createToken(
         { kind: 'principal', principal, tokenId: 'bootstrap' },
@@ -421,10 +423,6 @@ function bootstrapCredentials(d: {
         { principal: admin },
         'credentials.json was missing or invalid: issued a new admin token',
       );
-    }
-    if (!d.store.getMeta('bootstrap_token_id')) {
-      const t = d.store.listTokens(d.store.getMeta('bootstrap_admin')!)[0];
-      if (t) d.store.setMeta('bootstrap_token_id', t.id);
     }
   }
   const file: CredentialsFile = { url: d.url, token, ca: d.caPem };

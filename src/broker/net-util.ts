@@ -1,5 +1,5 @@
 /** Address helpers. No DNS anywhere: hosts are IP literals, canonicalised before any check. */
-import { isIP } from 'node:net';
+import { createConnection, isIP } from 'node:net';
 
 /** Canonical form of an IP literal (IPv4-mapped IPv6 folded to IPv4), or null if not an IP. */
 export function canonicalIp(value: string): string | null {
@@ -19,7 +19,6 @@ export function isLoopback(ip: string): boolean {
 
 /** Probe `host:port` with a TCP connect: true when something accepts within `timeoutMs`. */
 export async function probeTcp(host: string, port: number, timeoutMs = 1000): Promise<boolean> {
-  const { createConnection } = await import('node:net');
   return new Promise((resolve) => {
     const s = createConnection({ host, port });
     const done = (ok: boolean) => {

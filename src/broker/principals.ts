@@ -69,7 +69,7 @@ export class PrincipalAdmin {
     name: string,
     role: Role,
     source: string | null,
-  ): { principal: Principal; token: string } {
+  ): { principal: Principal; token: string; tokenId: string } {
     const { token, row } = this.newToken(name, 'initial', undefined);
     const p = { name, role, disabled: false, createdAt: this.d.clock.now() };
     this.d.store.createPrincipal(p, row);
@@ -81,7 +81,7 @@ export class PrincipalAdmin {
       source,
       details: { role },
     });
-    return { principal: principalJson(p), token };
+    return { principal: principalJson(p), token, tokenId: row.id };
   }
 
   list(id: Identity): { principals: Principal[] } {

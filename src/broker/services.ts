@@ -7,7 +7,7 @@ import { BrokerError } from '../protocol/errors.js';
 import type { RegisterRequest, RegisterResponse, Service } from '../protocol/types.js';
 import type { AuditLog } from './audit.js';
 import { actorOf, type Identity } from './auth.js';
-import type { Signer } from './ca/signer.js';
+import type { IssuedCertificate, Signer } from './ca/signer.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { canonicalIp, isLoopback, probeTcp } from './net-util.js';
@@ -90,6 +90,9 @@ export class ServiceRegistry {
       throw new BrokerError('validation_failed', 'csr is only accepted with mode "https"');
     }
     const spki = req.csr !== undefined ? await this.d.csr(req.csr) : undefined;
+    // Issued before the insert (everything it needs is known), so the registration and its
+    // certificate are one transaction and nothing needs undoing if issuing fails.
+    const cert = mode === 'https' ? await this.issue(caller.name, req.name, host, spki) : null;
     const now = clock.now();
     const serviceToken = newSecret('service');
     const sid = newId('svc');
@@ -106,22 +109,13 @@ export class ServiceRegistry {
         ttlSeconds,
         createdAt: now,
         expiresAt: now + ttlSeconds * 1000,
-        certFingerprint: null,
-        certNotAfter: null,
+        certFingerprint: cert?.fingerprint ?? null,
+        certNotAfter: cert?.notAfter.getTime() ?? null,
         labels: req.labels ?? {},
       },
       { min: config.portMin, max: config.portMax, now, requested: req.port },
     );
-    let service = row;
-    let tls: RegisterResponse['tls'];
-    if (mode === 'https') {
-      try {
-        ({ service, tls } = await this.issueCert(row, spki));
-      } catch (err) {
-        store.removeService(row.id, now);
-        throw err;
-      }
-    }
+    if (cert) this.auditCert(row, cert, spki !== undefined);
     this.d.audit.record({
       actor: caller.name,
       action: 'service.register',
@@ -130,44 +124,40 @@ export class ServiceRegistry {
       source,
       details: { port: row.port, mode, tunnel },
     });
-    return { service: serviceJson(service), serviceToken, ...(tls ? { tls } : {}) };
+    return { service: serviceJson(row), serviceToken, ...(cert ? { tls: this.tlsOf(cert) } : {}) };
   }
 
-  /** Issue the service's certificate under broker policy and record its fingerprint. */
-  private async issueCert(
-    row: ServiceRow,
+  /** A service certificate under broker policy: the broker chooses names and lifetime. */
+  private issue(
+    owner: string,
+    name: string,
+    host: string,
     spki: ArrayBuffer | undefined,
-  ): Promise<{ service: ServiceRow; tls: NonNullable<RegisterResponse['tls']> }> {
-    const cert = await this.d.signer.issue({
-      commonName: `${row.owner}/${row.name}`,
-      ...this.certNames(row.host),
+  ): Promise<IssuedCertificate> {
+    return this.d.signer.issue({
+      commonName: `${owner}/${name}`,
+      ...this.certNames(host),
       usage: 'server',
       publicKeySpki: spki,
     });
-    const service =
-      this.d.store.updateService(row.id, {
-        certFingerprint: cert.fingerprint,
-        certNotAfter: cert.notAfter.getTime(),
-      }) ?? row;
+  }
+
+  private auditCert(s: ServiceRow, cert: IssuedCertificate, csr: boolean): void {
     this.d.audit.record({
-      actor: `${row.owner}/${row.name}#service`,
+      actor: `${s.owner}/${s.name}#service`,
       action: 'cert.issue',
-      target: `${row.owner}/${row.name}`,
+      target: `${s.owner}/${s.name}`,
       outcome: 'ok',
       source: null,
-      details: {
-        fingerprint: cert.fingerprint,
-        notAfter: cert.notAfter.toISOString(),
-        csr: spki !== undefined,
-      },
+      details: { fingerprint: cert.fingerprint, notAfter: cert.notAfter.toISOString(), csr },
     });
+  }
+
+  private tlsOf(cert: IssuedCertificate): NonNullable<RegisterResponse['tls']> {
     return {
-      service,
-      tls: {
-        cert: cert.certPem,
-        ca: this.d.signer.caCertPem,
-        ...(cert.keyPem ? { key: cert.keyPem } : {}),
-      },
+      cert: cert.certPem,
+      ca: this.d.signer.caCertPem,
+      ...(cert.keyPem ? { key: cert.keyPem } : {}),
     };
   }
 
@@ -180,8 +170,14 @@ export class ServiceRegistry {
         `${owner}/${name} is a tcp service; it has no certificate`,
       );
     const spki = csr !== undefined ? await this.d.csr(csr) : undefined;
-    const { service, tls } = await this.issueCert(s, spki);
-    return { service: serviceJson(service), tls };
+    const cert = await this.issue(s.owner, s.name, s.host, spki);
+    const service = this.d.store.updateService(s.id, {
+      certFingerprint: cert.fingerprint,
+      certNotAfter: cert.notAfter.getTime(),
+    });
+    if (!service) throw notFound(owner, name);
+    this.auditCert(service, cert, spki !== undefined);
+    return { service: serviceJson(service), tls: this.tlsOf(cert) };
   }
 
   /** SANs for a service certificate: chosen by the broker, never by the caller (COMP-3). */

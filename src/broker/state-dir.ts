@@ -6,6 +6,7 @@
  * symlink, owned by another uid, or reachable by group/other.
  */
 import {
+  unlinkSync,
   closeSync,
   constants,
   fsyncSync,
@@ -147,7 +148,6 @@ export class StateDir {
         `refusing to start: another broker is already running on ${this.path}`,
       );
     }
-    const { unlinkSync } = await import('node:fs');
     unlinkSync(path);
     return listen();
   }
