@@ -147,6 +147,19 @@ describe('broker run', () => {
     expect((await d.api('GET', `/v1/services/${owner}/short`)).status).toBe(404);
   });
 
+  it('fail/a command that does not exist: one clear line, exit 127, nothing left registered', async () => {
+    const p = spawn(process.execPath, [BIN, 'run', 'nocmd', '--', 'no-such-command-xyz'], {
+      env: d.env(),
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    procs.push(p);
+    let err = '';
+    p.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+    expect(await new Promise((r) => p.once('exit', r))).toBe(127);
+    expect(err).toMatch(/^broker run: cannot start no-such-command-xyz: .*ENOENT/m);
+    expect((await d.api('GET', `/v1/services/${owner}/nocmd`)).status).toBe(404);
+  });
+
   it('ok/--no-gate: the app gets the service token in a 0600 file, never in its arguments or environment', async () => {
     const out = join(tmp, 'nogate.txt');
     const script = `import os,stat; p=os.environ['BROKER_TOKEN_FILE']; open(${JSON.stringify(out)},'w').write('%o %s %s' % (stat.S_IMODE(os.stat(p).st_mode), open(p).read().strip()[:4], 'BROKER_TOKEN' in os.environ))`;

@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
@@ -146,23 +146,20 @@ and SIGHUP are forwarded; broker run exits with the command's status.`,
               env,
               stdio: ['inherit', 'inherit', 'inherit'],
             });
-            const exited = new Promise<number>((resolve) =>
-              child.once('exit', (code, signal) =>
-                resolve(
-                  code ??
-                    128 +
-                      (signal
-                        ? ((
-                            { SIGINT: 2, SIGHUP: 1, SIGKILL: 9, SIGTERM: 15 } as Record<
-                              string,
-                              number
-                            >
-                          )[signal] ?? 1)
-                        : 1),
-                ),
-              ),
-            );
-            child.once('error', (err) => say(`cannot start ${command[0]}: ${err.message}`));
+            // The app's status: its exit code, 128 + the signal that killed it, or 127 when it
+            // could not be started at all (a spawn error emits no 'exit').
+            let ended = false;
+            const exited = new Promise<number>((resolve) => {
+              child.once('exit', (code, signal) => {
+                ended = true;
+                resolve(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0));
+              });
+              child.once('error', (err) => {
+                ended = true;
+                say(`cannot start ${command[0]}: ${err.message}`);
+                resolve(127);
+              });
+            });
             for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
               process.on(sig, () => child.kill(sig));
 
@@ -195,7 +192,7 @@ and SIGHUP are forwarded; broker run exits with the command's status.`,
               Date.now() + parseDuration(String(opts.readyTimeout), '--ready-timeout') * 1000;
             const probe = target ?? { port: svc.port };
             let up = false;
-            while (!up && Date.now() < deadline && child.exitCode === null) {
+            while (!up && Date.now() < deadline && !ended) {
               up = await accepts(probe);
               if (!up) await sleep(100);
             }
@@ -208,7 +205,7 @@ and SIGHUP are forwarded; broker run exits with the command's status.`,
                 svc.retarget(gatePort ? { port: gatePort } : appTarget);
               }
               say(`${svc.ref} is up on port ${svc.port}${noGate ? ' (no gate)' : ', gated'}`);
-            } else if (child.exitCode === null)
+            } else if (!ended)
               say(`the app did not accept connections within ${opts.readyTimeout}`);
             const code = await exited;
             say(`${command[0]} exited with ${code}; unregistering ${svc.ref}`);
