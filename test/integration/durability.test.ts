@@ -15,7 +15,7 @@ import { Daemon } from '../helpers/daemon.js';
 
 const execFileP = promisify(execFile);
 
-const SEEDS = (process.env.DUR_SEEDS ?? '20240611,7')
+const SEEDS = (process.env.DUR_SEEDS ?? '20240611,7,1337,424242,90210')
   .split(',')
   .map((s) => Number(s.trim()))
   .filter((n) => Number.isInteger(n));

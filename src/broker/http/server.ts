@@ -30,6 +30,9 @@ export function createHttpsServer(
       headersTimeout: config.headersTimeoutMs,
       requestTimeout: config.requestTimeoutMs,
       keepAliveTimeout: config.keepAliveTimeoutMs,
+      // node checks the two timeouts above only this often (default 30 s, which would let a
+      // slowloris socket live three times its header timeout).
+      connectionsCheckingInterval: Math.min(1000, config.headersTimeoutMs),
       // A TLS handshake must finish as fast as headers must arrive.
       handshakeTimeout: config.headersTimeoutMs,
     },
