@@ -6,6 +6,7 @@
  */
 import type { AuditRow, Store } from './store/store.js';
 import type { Clock } from './clock.js';
+import { printable } from '../protocol/text.js';
 
 export type AuditInput = Omit<AuditRow, 'at' | 'count'> & { count?: number };
 
@@ -34,7 +35,7 @@ export class AuditLog {
       existing.count += e.count ?? 1;
       return;
     }
-    this.pending.set(k, { ...e, at: this.clock.now(), count: e.count ?? 1 });
+    this.pending.set(k, { ...clean(e), at: this.clock.now(), count: e.count ?? 1 });
     if (this.pending.size >= this.maxPending) this.flush();
     else if (!this.timer) {
       this.timer = setTimeout(() => this.flush(), this.flushMs);
@@ -54,4 +55,29 @@ export class AuditLog {
       this.onError(err);
     }
   }
+}
+
+/**
+ * Every string an event carries is escaped and bounded before it is stored (LOG-2): actors can be
+ * attacker-chosen (an SSH user name), and `broker audit` prints them to a terminal.
+ */
+function clean(e: AuditInput): AuditInput {
+  const text = (v: string | null) => (v === null ? null : printable(v, 200));
+  return {
+    ...e,
+    actor: text(e.actor),
+    target: text(e.target),
+    source: text(e.source),
+    details: e.details ? (cleanValue(e.details, 0) as Record<string, unknown>) : e.details,
+  };
+}
+
+function cleanValue(v: unknown, depth: number): unknown {
+  if (typeof v === 'string') return printable(v, 200);
+  if (typeof v !== 'object' || v === null || depth > 3) return v;
+  if (Array.isArray(v)) return v.slice(0, 20).map((x) => cleanValue(x, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v).slice(0, 20))
+    out[printable(k, 40)] = cleanValue(x, depth + 1);
+  return out;
 }

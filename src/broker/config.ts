@@ -58,6 +58,8 @@ export const DEFAULTS = Object.freeze({
   sshMaxConnections: 1024,
   sshMaxChannelsPerConnection: 64,
   sshMaxChannels: 4096,
+  /** Failed requests logged per second at most; the rest are counted in one line (LOG-2). */
+  logFailuresPerSecond: 50,
   /** Log level for pino. */
   logLevel: 'info' as 'debug' | 'info' | 'warn' | 'error',
 });
@@ -107,6 +109,7 @@ export const ConfigSchema = z
     sshMaxConnections: z.number().int().positive(),
     sshMaxChannelsPerConnection: z.number().int().positive(),
     sshMaxChannels: z.number().int().positive(),
+    logFailuresPerSecond: z.number().int().min(1),
     logLevel: z.enum(['debug', 'info', 'warn', 'error']),
   })
   .strict();

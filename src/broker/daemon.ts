@@ -27,6 +27,7 @@ import type { ServiceRow, Store } from './store/store.js';
 import { createApp } from './http/app.js';
 import { createHttpsServer } from './http/server.js';
 import { createVerifyHandler } from './http/verify-fast-path.js';
+import { failureBudget } from './http/respond.js';
 import { Gateway } from './ssh/gateway.js';
 import { loadOrCreateHostKey } from './ssh/host-key.js';
 import { createRequire } from 'node:module';
@@ -103,6 +104,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
   const own = opts.log ? null : createLogger(config.logLevel);
   const log = opts.log ?? own!.log;
   const flushLog = () => own?.flush();
+  failureBudget(log, config.logFailuresPerSecond);
 
   const dir = StateDir.open(config.dataDir);
   const lock = await dir.lock();

@@ -4,3 +4,4 @@ export * from './tokens.js';
 export * from './types.js';
 export * from './constants.js';
 export * from './splice.js';
+export * from './text.js';

@@ -117,6 +117,66 @@ export function logAccess(
     ...meta.fields,
   };
   if (res.statusCode >= 500) log.error(line, 'request');
-  else if (res.statusCode >= 400) log.warn(line, 'request');
-  else log.info(line, 'request');
+  else if (res.statusCode >= 400 || meta.fields.valid === false) {
+    if (!failureBudget(log).take()) return;
+    if (res.statusCode >= 400) log.warn(line, 'request');
+    else log.info(line, 'request');
+  } else log.info(line, 'request');
+}
+
+/**
+ * Failed requests are logged at a bounded rate (LOG-2): a flood of wrong keys or bad requests
+ * writes at most `perSecond` lines a second and one line saying how many it left out (the audit
+ * log and /metrics still count every one). Successes and 5xx are always logged.
+ */
+export class FailureLogBudget {
+  private windowStart = 0;
+  private used = 0;
+  private suppressed = 0;
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly perSecond: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** True when this failure may be logged; otherwise it is counted for the summary line. */
+  take(): boolean {
+    const now = this.now();
+    if (now - this.windowStart >= 1000) {
+      this.report();
+      this.windowStart = now;
+      this.used = 0;
+    }
+    if (this.used < this.perSecond) {
+      this.used++;
+      return true;
+    }
+    this.suppressed++;
+    if (!this.timer) {
+      this.timer = setTimeout(() => this.report(), 1000 - (now - this.windowStart));
+      this.timer.unref();
+    }
+    return false;
+  }
+
+  private report(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.suppressed === 0) return;
+    this.log.warn(
+      { suppressed: this.suppressed, perSecond: this.perSecond },
+      'failed requests over the log rate limit were counted, not logged',
+    );
+    this.suppressed = 0;
+  }
+}
+
+const budgets = new WeakMap<Logger, FailureLogBudget>();
+/** The budget shared by every request logged through `log` (one per daemon). */
+export function failureBudget(log: Logger, perSecond = 50): FailureLogBudget {
+  let b = budgets.get(log);
+  if (!b) budgets.set(log, (b = new FailureLogBudget(log, perSecond)));
+  return b;
 }

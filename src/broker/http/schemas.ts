@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { BrokerError } from '../../protocol/errors.js';
 import { GLOB_RE, PRINCIPAL_RE, SERVICE_NAME_RE } from '../../protocol/names.js';
 import { MAX_KEY_LINE_BYTES } from '../../protocol/constants.js';
+import { isPrintable } from '../../protocol/text.js';
 
 const labelKey = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,62}$/);
 const seconds = z.number().int().min(60);
@@ -17,7 +18,7 @@ export const RegisterBody = z
     ttlSeconds: seconds.optional(),
     csr: z.string().min(1).max(8192).optional(),
     labels: z
-      .record(labelKey, z.string().max(256))
+      .record(labelKey, z.string().max(256).refine(isPrintable, 'no control or bidi characters'))
       .refine((l) => Object.keys(l).length <= 16, 'at most 16 labels')
       .optional(),
   })

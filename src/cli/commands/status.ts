@@ -2,6 +2,7 @@
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
+import { printable } from '../../protocol/text.js';
 import { client, parseDuration, printJson } from '../util.js';
 
 export function define(program: Command, action: Action): void {
@@ -68,6 +69,16 @@ export function define(program: Command, action: Action): void {
     .option('--limit <n>', 'at most this many events', '100')
     .option('--json', 'print {"events": [...]}')
     .description('show audit events (admins: all; users: their own)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  broker audit --since 1h                 # what happened in the last hour
+  broker audit --since 1d --json | jq '.events[] | select(.outcome != "ok")'
+
+Repeated events inside a short window are one line with a count (×N), so a flood of failed
+verifies or SSH logins stays readable.`,
+    )
     .action(
       action(async (io, opts: { since?: string; limit: string; json?: boolean }) => {
         const broker = client(io);
@@ -83,7 +94,8 @@ export function define(program: Command, action: Action): void {
         else
           for (const e of events)
             io.stdout.write(
-              `${e.at} ${e.outcome.padEnd(7)} ${e.action} ${e.target ?? '-'} by ${e.actor ?? 'broker'}${e.count > 1 ? ` ×${e.count}` : ''}\n`,
+              // printable(): the broker escapes these already; a terminal deserves two locks.
+              `${e.at} ${e.outcome.padEnd(7)} ${printable(e.action)} ${printable(e.target ?? '-')} by ${printable(e.actor ?? 'broker')}${e.count > 1 ? ` ×${e.count}` : ''}\n`,
             );
         return 0;
       }),
