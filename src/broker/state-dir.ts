@@ -7,6 +7,7 @@
  */
 import {
   unlinkSync,
+  existsSync,
   closeSync,
   constants,
   fsyncSync,
@@ -89,6 +90,17 @@ export class StateDir {
     for (const f of SECRET_FILES) checkPrivate(dir.file(f), 'file');
     checkPrivate(dir.file('db') + '-wal', 'file');
     checkPrivate(dir.file('db') + '-shm', 'file');
+    return dir;
+  }
+
+  /** Check an existing state directory without creating anything (tools that read it). */
+  static check(path: string): StateDir {
+    if (!existsSync(path)) {
+      throw new StateDirError(`${path} does not exist; pass --data DIR of the broker`);
+    }
+    checkPrivate(path, 'dir');
+    const dir = new StateDir(path);
+    for (const f of SECRET_FILES) checkPrivate(dir.file(f), 'file');
     return dir;
   }
 

@@ -24,6 +24,7 @@ const MODULES: Record<string, () => Promise<CommandModule>> = {
   tunnel: () => import('./commands/tunnel.js'),
   cert: () => import('./commands/cert.js'),
   run: () => import('./commands/run.js'),
+  backup: () => import('./commands/backup.js'),
 };
 const MODULE_OF: Record<string, string> = {
   serve: 'serve',
@@ -45,6 +46,8 @@ const MODULE_OF: Record<string, string> = {
   open: 'tunnel',
   cert: 'cert',
   run: 'run',
+  backup: 'backup',
+  restore: 'backup',
 };
 
 /** Wraps a command body: its return value is the exit code; errors print one line. */
@@ -110,7 +113,7 @@ then the local daemon's <state dir>/credentials.json. Exit codes: 0 ok, 1 negati
   return code;
 }
 
-async function version(): Promise<string> {
+export async function version(): Promise<string> {
   const { readFileSync } = await import('node:fs');
   return (
     JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {

@@ -5,7 +5,13 @@ import { readFileSync } from 'node:fs';
 import { client, parseDuration, printJson, readStdin } from '../util.js';
 
 export function define(program: Command, action: Action): void {
-  const user = program.command('user').description('manage principals (admin)');
+  const user = program
+    .command('user')
+    .description('manage principals (admin)')
+    .addHelpText(
+      'after',
+      `\nExamples:\n  broker user add bob          # prints bob's first token once\n  broker user list\n  broker user disable bob      # his tokens stop working at once`,
+    );
   user
     .command('add')
     .argument('<name>', 'principal name, like a Unix user name')
@@ -33,6 +39,7 @@ export function define(program: Command, action: Action): void {
     .command('list')
     .option('--json', 'print {"principals": [...]}')
     .description('list principals')
+    .addHelpText('after', `\nExample:\n  broker user list --json | jq -r '.principals[].name'`)
     .action(
       action(async (io, opts: { json?: boolean }) => {
         const broker = client(io);
@@ -49,6 +56,7 @@ export function define(program: Command, action: Action): void {
     .command('remove')
     .argument('<name>')
     .description('remove a principal, its tokens and its services')
+    .addHelpText('after', `\nExample:\n  broker user remove bob`)
     .action(
       action(async (io, name: string) => {
         const broker = client(io);
@@ -66,6 +74,7 @@ export function define(program: Command, action: Action): void {
       .command(cmd)
       .argument('<name>')
       .description(`${cmd} a principal's tokens`)
+      .addHelpText('after', `\nExample:\n  broker user ${cmd} bob`)
       .action(
         action(async (io, name: string) => {
           const broker = client(io);
@@ -103,6 +112,7 @@ export function define(program: Command, action: Action): void {
     .argument('<name>', 'principal')
     .option('--json', 'print {"keys": [...]}')
     .description("list a principal's SSH public keys")
+    .addHelpText('after', `\nExample:\n  broker user keys bob`)
     .action(
       action(async (io, name: string, opts: { json?: boolean }) => {
         const broker = client(io);
@@ -120,6 +130,10 @@ export function define(program: Command, action: Action): void {
     .argument('<name>', 'principal')
     .argument('<fingerprint>', 'SHA256:… from user keys')
     .description('remove an SSH public key')
+    .addHelpText(
+      'after',
+      `\nExample:\n  broker user remove-key bob SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s`,
+    )
     .action(
       action(async (io, name: string, fingerprint: string) => {
         const broker = client(io);
@@ -130,7 +144,13 @@ export function define(program: Command, action: Action): void {
       }),
     );
 
-  const token = program.command('token').description('create, list and revoke user tokens');
+  const token = program
+    .command('token')
+    .description('create, list and revoke user tokens')
+    .addHelpText(
+      'after',
+      `\nExamples:\n  broker token create --label laptop --ttl 30d\n  broker token list\n  broker token revoke tok_0123456789abcdef`,
+    );
   token
     .command('create')
     .argument('[principal]', 'whose token (default: yourself)')
@@ -168,6 +188,10 @@ export function define(program: Command, action: Action): void {
     .argument('[principal]', 'whose tokens (default: yourself)')
     .option('--json', 'print {"tokens": [...]}')
     .description('list user tokens (ids only, never the tokens)')
+    .addHelpText(
+      'after',
+      `\nExamples:\n  broker token list          # yours\n  broker token list bob      # an admin listing bob's`,
+    )
     .action(
       action(async (io, principal: string | undefined, opts: { json?: boolean }) => {
         const broker = client(io);
@@ -187,6 +211,7 @@ export function define(program: Command, action: Action): void {
     .command('revoke')
     .argument('<tokenId>', 'tok_… from token list')
     .description('revoke a user token')
+    .addHelpText('after', `\nExample:\n  broker token revoke tok_0123456789abcdef`)
     .action(
       action(async (io, tokenId: string) => {
         const broker = client(io);

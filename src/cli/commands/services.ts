@@ -102,7 +102,11 @@ export function define(program: Command, action: Action): void {
 
   const keys = program
     .command('keys')
-    .description('list or revoke client keys (never shows a key)');
+    .description('list or revoke client keys (never shows a key)')
+    .addHelpText(
+      'after',
+      `\nExamples:\n  broker keys viz                      # id, principal, expiry, last use\n  broker keys revoke key_0123456789abcdef`,
+    );
   keys
     .command('list', { isDefault: true })
     .argument('<name>', 'NAME or OWNER/NAME')

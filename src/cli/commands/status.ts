@@ -29,6 +29,7 @@ export function define(program: Command, action: Action): void {
     .command('status')
     .option('--json', 'print one JSON document')
     .description('show which broker you talk to, as whom, and its health')
+    .addHelpText('after', `\nExamples:\n  broker status\n  broker status --json | jq .health`)
     .action(
       action(async (io, opts: { json?: boolean }) => {
         const broker = client(io);
