@@ -2,13 +2,13 @@
  * The examples in examples/ run as documented: the Node SDK server and the batch job script
  * (eval "$(broker register … --format env)" with a Python server gated by the Python helper).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
+import { BIN, Daemon, ROOT, runCli } from '../helpers/daemon.js';
 import { until } from '../helpers/wait.js';
 
 function talk(port: number, payload: string): Promise<string> {
@@ -87,5 +87,47 @@ describe('examples', () => {
       10_000,
       'unregistered',
     );
+  });
+});
+
+describe('examples/systemd', () => {
+  const dir = join(ROOT, 'examples', 'systemd');
+  const unit = readFileSync(join(dir, 'broker.service'), 'utf8');
+  const execStart = /^ExecStart=(.*)$/m.exec(unit)![1]!.split(/\s+/);
+
+  it('ok/the unit passes systemd-analyze verify (with this checkout as the binary)', async (ctx) => {
+    const analyze = await new Promise<boolean>((res) =>
+      execFile('systemd-analyze', ['--version'], (err) => res(!err)),
+    );
+    if (!analyze) {
+      console.log('[systemd] SKIP: systemd-analyze is not installed on this machine');
+      ctx.skip();
+    }
+    const tmp = mkdtempSync(join(tmpdir(), 'broker-unit-'));
+    const copy = join(tmp, 'broker.service');
+    writeFileSync(copy, unit.replace('/usr/local/bin/broker', BIN));
+    const out = await new Promise<{ code: number; stderr: string }>((res) =>
+      execFile('systemd-analyze', ['verify', copy], (err, _o, stderr) =>
+        res({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stderr }),
+      ),
+    );
+    // Only complaints about this unit count (the host's other units are not ours to judge).
+    const ours = out.stderr.split('\n').filter((l) => l.includes('broker.service'));
+    expect(ours, out.stderr).toEqual([]);
+  });
+
+  it('ok/its ExecStart flags and config file are ones broker serve accepts', async () => {
+    expect(execStart[0]).toBe('/usr/local/bin/broker');
+    expect(execStart[1]).toBe('serve');
+    const help = await runCli(['serve', '--help'], { PATH: process.env.PATH });
+    for (const flag of execStart.filter((a) => a.startsWith('--')))
+      expect(help.stdout).toContain(flag);
+    const { loadConfig } = (await import(join(ROOT, 'dist', 'broker', 'config.js'))) as {
+      loadConfig: (o: { file: string; env: NodeJS.ProcessEnv }) => { listen: string };
+    };
+    expect(loadConfig({ file: join(dir, 'config.json'), env: {} }).listen).toBe('0.0.0.0:7700');
+    // Exit 2 is a config/state error: systemd must not restart-loop on it.
+    expect(unit).toMatch(/^RestartPreventExitStatus=2$/m);
+    expect(unit).toMatch(/^StateDirectoryMode=0700$/m);
   });
 });

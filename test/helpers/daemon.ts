@@ -27,6 +27,8 @@ export interface DaemonOptions {
   /** Reuse a state dir (restart tests). */
   dataDir?: string;
   home?: string;
+  /** Options for node itself, before the script (e.g. `--import` a fault injector). */
+  nodeArgs?: string[];
 }
 
 export interface ApiResponse<T = unknown> {
@@ -81,6 +83,7 @@ export class Daemon {
 
   async launch(): Promise<void> {
     const args = [
+      ...(this.opts.nodeArgs ?? []),
       BIN,
       'serve',
       '--data',

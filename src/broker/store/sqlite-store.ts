@@ -95,7 +95,11 @@ export class SqliteStore implements Store {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
-    this.db.pragma('busy_timeout = 5000');
+    // The daemon is the only writer (the state-dir lock sees to that; `broker backup` only reads,
+    // and WAL readers never block it), so a lock held by someone else is an operator's sqlite3
+    // session. better-sqlite3 waits synchronously, freezing the whole event loop: wait briefly,
+    // then fail that one request with a 500 rather than stall every client for seconds.
+    this.db.pragma('busy_timeout = 1000');
     const p = this.pragmas();
     if (path !== ':memory:' && (p.journal_mode !== 'wal' || p.synchronous !== 2)) {
       throw new Error(`SQLite durability settings did not take: ${JSON.stringify(p)}`);
