@@ -197,15 +197,36 @@ export class Daemon {
 
   async stop(): Promise<number | null> {
     this.agent?.destroy();
-    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return this.proc.exitCode;
-    this.proc.kill('SIGTERM');
-    return this.exited;
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
+      this.proc.kill('SIGTERM');
+      await this.exited;
+    }
+    this.assertNoLeaks();
+    return this.proc.exitCode;
   }
 
   async kill9(): Promise<void> {
     this.agent?.destroy();
     this.proc.kill('SIGKILL');
     await this.exited;
+    this.assertNoLeaks();
+  }
+
+  /**
+   * LOG-1/KEY-2 for every daemon of every suite: once it has stopped, no secret this test process
+   * saw (tokens, keys, service tokens) is in its logs, its database (and so its audit table), or
+   * its WAL. Throws, failing the test or hook that stopped it.
+   */
+  assertNoLeaks(): void {
+    const db = join(this.dataDir, 'broker.db');
+    const logs = existsSync(this.home)
+      ? readdirSync(this.home)
+          .filter((f) => f.startsWith('daemon-') && f.endsWith('.log'))
+          .map((f) => join(this.home, f))
+      : [];
+    const leaks = findLeaks([...logs, db, `${db}-wal`]);
+    if (leaks.length > 0)
+      throw new Error(`secrets leaked to disk (LOG-1/KEY-2):\n${leaks.join('\n')}`);
   }
 
   logs(): string {
