@@ -13,13 +13,18 @@ export function have(cmd) {
   return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 }
 
-export async function startDaemon(extra = []) {
+/**
+ * Start a real daemon on a fresh state dir. `extra`: more `broker serve` arguments;
+ * `nodeArgs`: flags for node itself (e.g. ['--cpu-prof', '--cpu-prof-dir', dir]).
+ */
+export async function startDaemon(extra = [], { nodeArgs = [] } = {}) {
   const home = mkdtempSync(join(tmpdir(), 'broker-bench-'));
   const dataDir = join(home, 'state');
   const logFd = openSync(join(home, 'daemon.log'), 'a');
   const proc = spawn(
     process.execPath,
     [
+      ...nodeArgs,
       BIN,
       'serve',
       '--data',
@@ -74,6 +79,7 @@ export async function startDaemon(extra = []) {
       req.end(payload);
     });
   return {
+    pid: proc.pid,
     home,
     dataDir,
     url: creds.url,

@@ -49,6 +49,10 @@ export const DEFAULTS = Object.freeze({
   /** First backoff; it doubles with each block up to the maximum. */
   verifyBlockSeconds: 10,
   verifyMaxBlockSeconds: 900,
+  /** A wrong key for a service in backoff is answered this late (BF-2 tarpit; 0 turns it off). */
+  verifyTarpitMs: 1000,
+  /** 429s held back at once at most; beyond this they are answered at once. */
+  verifyTarpitMax: 256,
   /** Keys the failure limiter remembers at most (BF-4). */
   limiterMaxEntries: 10_000,
   /** SSH gateway limits (SECURITY.md SSH-3, SSH-4). */
@@ -102,6 +106,8 @@ export const ConfigSchema = z
     verifyFailureWindowSeconds: seconds,
     verifyBlockSeconds: seconds,
     verifyMaxBlockSeconds: seconds,
+    verifyTarpitMs: z.number().int().min(0).max(10_000),
+    verifyTarpitMax: z.number().int().min(0).max(10_000),
     limiterMaxEntries: z.number().int().min(100),
     sshAuthTimeoutSeconds: z.number().int().positive().max(30),
     sshMaxAuthTries: z.number().int().min(1).max(3),

@@ -276,7 +276,14 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       config,
       { cert: apiCert.certPem + ca.caCertPem, key: apiCert.keyPem! },
       app,
-      createVerifyHandler({ auth, keys, log, metrics }),
+      createVerifyHandler({
+        auth,
+        keys,
+        log,
+        metrics,
+        tarpitMs: config.verifyTarpitMs,
+        tarpitMax: config.verifyTarpitMax,
+      }),
     );
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -27,6 +27,8 @@ export interface DaemonOptions {
   /** Reuse a state dir (restart tests). */
   dataDir?: string;
   home?: string;
+  /** Daemon configuration, written to a 0600 config file and passed with --config. */
+  config?: Record<string, unknown>;
   /** Options for node itself, before the script (e.g. `--import` a fault injector). */
   nodeArgs?: string[];
 }
@@ -93,6 +95,7 @@ export class Daemon {
       '--ssh-listen',
       '127.0.0.1:0',
       ...(this.opts.portRange ? ['--port-range', this.opts.portRange] : []),
+      ...(this.opts.config ? ['--config', this.configFile(this.opts.config)] : []),
       ...(this.opts.extraArgs ?? []),
     ];
     this.proc = spawn(process.execPath, args, {
@@ -135,6 +138,12 @@ export class Daemon {
     recordSecrets(creds.token);
     this.agent?.destroy();
     this.agent = new Agent({ ca: this.ca, keepAlive: true, maxSockets: 256 });
+  }
+
+  private configFile(config: Record<string, unknown>): string {
+    const file = join(this.home, 'config.json');
+    writeFileSync(file, JSON.stringify(config), { mode: 0o600 });
+    return file;
   }
 
   /** An HTTPS request to the API over pinned TLS. `body` objects are sent as JSON. */

@@ -3,7 +3,10 @@
  * Retry-After once the threshold is passed, the right key keeps working for its owner, another
  * service is unaffected, and the audit log records the throttle once, not 10,000 lines.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Daemon } from '../helpers/daemon.js';
 
@@ -11,6 +14,7 @@ describe('BF-1: failed verifies back off', () => {
   let d: Daemon;
   const servers: Server[] = [];
   let owner: string;
+  let tmp: string;
 
   async function readyService(name: string) {
     const reg = await d.api('POST', '/v1/services', { body: { name, tunnel: 'none' } });
@@ -26,12 +30,17 @@ describe('BF-1: failed verifies back off', () => {
   }
 
   beforeAll(async () => {
-    d = await Daemon.start();
+    // The tarpit (tested below) would hold each of the 10,000 answers for a second.
+    tmp = mkdtempSync(join(tmpdir(), 'broker-bf1-'));
+    const config = join(tmp, 'config.json');
+    writeFileSync(config, JSON.stringify({ verifyTarpitMs: 0 }), { mode: 0o600 });
+    d = await Daemon.start({ home: tmp, extraArgs: ['--config', config] });
     owner = (await d.api('GET', '/v1/whoami')).body.principal.name;
   });
   afterAll(async () => {
     for (const s of servers) s.close();
     await d.stop();
+    rmSync(tmp, { recursive: true, force: true });
   });
 
   it('10,000 wrong keys: zero successes, 429 + Retry-After after 30, the right key still works', async () => {
@@ -87,5 +96,75 @@ describe('BF-1: failed verifies back off', () => {
     const mine = events.filter((e) => e.target === `${owner}/target`);
     expect(mine.filter((e) => e.action === 'key.verify.throttle')).toHaveLength(1);
     expect(mine.length).toBeLessThan(50);
+  });
+});
+
+/**
+ * BF-2 tarpit: once a service is in backoff, wrong keys are answered a second late (bounded
+ * number held at once), while the right key and other services answer at once.
+ */
+describe('BF-2: the tarpit slows guessing, never the right key', () => {
+  let d: Daemon;
+  let tmp: string;
+  const servers: Server[] = [];
+  const HELD = 8;
+
+  beforeAll(async () => {
+    tmp = mkdtempSync(join(tmpdir(), 'broker-bf2-'));
+    const config = join(tmp, 'config.json');
+    writeFileSync(config, JSON.stringify({ verifyTarpitMax: HELD }), { mode: 0o600 });
+    d = await Daemon.start({ home: tmp, extraArgs: ['--config', config] });
+  });
+  afterAll(async () => {
+    for (const s of servers) s.close();
+    await d.stop();
+    rmSync(tmp, { recursive: true, force: true });
+  });
+
+  async function readyService(name: string) {
+    const owner = (await d.api('GET', '/v1/whoami')).body.principal.name as string;
+    const reg = await d.api('POST', '/v1/services', { body: { name, tunnel: 'none' } });
+    const srv = createServer((s) => s.end());
+    servers.push(srv);
+    await new Promise<void>((r) => srv.listen(reg.body.service.port, '127.0.0.1', r));
+    const token = reg.body.serviceToken as string;
+    await d.api('POST', `/v1/services/${owner}/${name}/ready`, { token, body: {} });
+    const { key } = (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body: {} })).body;
+    return { token, key: key as string };
+  }
+
+  const timed = async (token: string, key: string) => {
+    const t0 = Date.now();
+    const r = await d.api('POST', '/v1/verify', { token, body: { key } });
+    return { status: r.status, valid: r.body?.valid as boolean | undefined, ms: Date.now() - t0 };
+  };
+  const wrong = (i: number) => 'bkk_' + String(i).padStart(43, 'z');
+
+  it('blocked wrong keys wait ~1 s (at most a bounded number at once); the right key never waits', async () => {
+    const target = await readyService('tarpitted');
+    const bystander = await readyService('bystander2');
+    // The threshold: 30 wrong keys are answered at once with valid:false.
+    for (let i = 0; i < 30; i++) {
+      const r = await timed(target.token, wrong(i));
+      expect(r.status).toBe(200);
+      expect(r.ms).toBeLessThan(900);
+    }
+    // Now in backoff: 3×HELD wrong keys at once. HELD are held ~1 s, the rest answered at once.
+    const attack = Promise.all(
+      Array.from({ length: 3 * HELD }, (_, i) => timed(target.token, wrong(100 + i))),
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    // Meanwhile the right key and another service answer promptly.
+    const right = await timed(target.token, target.key);
+    expect(right).toMatchObject({ status: 200, valid: true });
+    expect(right.ms).toBeLessThan(500);
+    const other = await timed(bystander.token, bystander.key);
+    expect(other).toMatchObject({ status: 200, valid: true });
+    expect(other.ms).toBeLessThan(500);
+    const answers = await attack;
+    expect(answers.every((a) => a.status === 429)).toBe(true);
+    const slow = answers.filter((a) => a.ms >= 900).length;
+    console.log(`[BF-2] held ${slow} of ${answers.length} (cap ${HELD}); right key ${right.ms} ms`);
+    expect(slow).toBe(HELD);
   });
 });

@@ -14,6 +14,7 @@ import type { Metrics } from '../metrics.js';
 import { checkBodyHeaders } from './app.js';
 import {
   logAccess,
+  type RequestMeta,
   sendError,
   sendJson,
   sourceOf,
@@ -86,7 +87,38 @@ export function createVerifyHandler(deps: {
   keys: KeyService;
   log: Logger;
   metrics?: Metrics;
+  /** How long a 429 for a blocked service is held back (0: answer at once). */
+  tarpitMs?: number;
+  /** At most this many 429s held back at once; beyond it they are answered at once. */
+  tarpitMax?: number;
 }) {
+  const tarpitMs = deps.tarpitMs ?? 0;
+  const tarpitMax = deps.tarpitMax ?? 256;
+  let held = 0;
+  /**
+   * BF-2 tarpit: a wrong key for a service already in backoff is answered after `tarpitMs`
+   * instead of at once, so each connection of a guessing attacker costs the broker one timer a
+   * second rather than a request's worth of work a few hundred times a second — the same idea as
+   * OpenSSH's PerSourcePenalties. The right key is checked before the limiter and never waits.
+   */
+  const sendLater = (res: ServerResponse, err: BrokerError, meta: RequestMeta) => {
+    if (tarpitMs <= 0 || held >= tarpitMax) {
+      sendError(res, err, meta);
+      return;
+    }
+    held++;
+    const delay = Math.min(tarpitMs, (err.retryAfterSeconds ?? 1) * 1000);
+    const timer = setTimeout(() => {
+      held--;
+      res.off('close', gone);
+      if (!res.destroyed) sendError(res, err, meta);
+    }, delay);
+    const gone = () => {
+      clearTimeout(timer);
+      held--;
+    };
+    res.once('close', gone);
+  };
   return async function verify(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const meta = startRequest(res);
     res.on('finish', () => logAccess(deps.log, req, res, meta, deps.metrics));
@@ -103,7 +135,9 @@ export function createVerifyHandler(deps: {
       if (result.valid) meta.fields.keyId = result.keyId;
       sendJson(res, 200, result);
     } catch (err) {
-      sendError(res, toBrokerError(err, deps.log, meta), meta);
+      const e = toBrokerError(err, deps.log, meta);
+      if (e.code === 'rate_limited') sendLater(res, e, meta);
+      else sendError(res, e, meta);
     }
   };
 }
