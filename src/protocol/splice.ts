@@ -4,6 +4,7 @@
  * direction keeps flowing, so `(echo "$KEY"; echo hi) | nc …` still gets its answer. A side that
  * closes abnormally (error, reset, destroy) tears the other down at once.
  */
+import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 type SshChannel = Duplex & {
@@ -29,7 +30,40 @@ function halfClose(s: Duplex): void {
   s.end();
 }
 
-export function splice(a: Duplex, b: Duplex): void {
+/** The TCP socket under a stream: itself, or an ssh2 channel's transport (ssh2 internals). */
+function transportOf(s: Duplex): Socket | null {
+  if (s instanceof Socket) return s;
+  const sock = (s as { _client?: { _sock?: unknown } })._client?._sock;
+  return sock instanceof Socket ? sock : null;
+}
+
+/**
+ * `from` → `to` with backpressure, like pipe() without ending `to`. The socket under `to` is
+ * corked until the end of the current I/O phase, so the 32 KiB packets that ssh2 hands over (or
+ * encrypts) one by one leave in one writev() instead of one write() each, and the far end is
+ * woken once per batch instead of once per packet.
+ */
+function pump(from: Duplex, to: Duplex, onBytes?: (n: number) => void): void {
+  const sock = transportOf(to);
+  let corked = false;
+  const flush = () => {
+    corked = false;
+    sock!.uncork();
+  };
+  from.on('data', (chunk: Buffer) => {
+    onBytes?.(chunk.length);
+    if (sock && !corked) {
+      corked = true;
+      sock.cork();
+      setImmediate(flush);
+    }
+    if (!to.write(chunk)) from.pause();
+  });
+  to.on('drain', () => from.resume());
+}
+
+/** `onBytes` is told the size of every chunk carried, either way. */
+export function splice(a: Duplex, b: Duplex, onBytes?: (n: number) => void): void {
   let ended = 0;
   const onEnd = (to: Duplex) => () => {
     halfClose(to);
@@ -42,8 +76,8 @@ export function splice(a: Duplex, b: Duplex): void {
   };
   a.on('error', () => b.destroy());
   b.on('error', () => a.destroy());
-  a.pipe(b, { end: false });
-  b.pipe(a, { end: false });
+  pump(a, b, onBytes);
+  pump(b, a, onBytes);
   a.once('end', onEnd(b));
   b.once('end', onEnd(a));
   a.once('close', teardown(a, b));

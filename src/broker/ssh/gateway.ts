@@ -398,11 +398,12 @@ export class Gateway {
     });
   }
 
+  private readonly count = (n: number) => {
+    this.bytesForwarded += n;
+  };
+
   private pipe(a: Duplex, b: Duplex): void {
-    const count = (c: Buffer) => (this.bytesForwarded += c.length);
-    a.on('data', count);
-    b.on('data', count);
-    splice(a, b);
+    splice(a, b, this.count);
   }
 
   private directForward(

@@ -1,3 +1,4 @@
+import { setFlagsFromString } from 'node:v8';
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
 
@@ -25,6 +26,13 @@ SIGTERM or Ctrl-C drains requests and exits 0.`,
     )
     .action(
       action(async (io, opts: Record<string, string | undefined>) => {
+        // Tunnel traffic allocates at least one Buffer byte per byte carried (every socket
+        // read, ssh2's packets). V8 counts that external memory against the old-generation
+        // limit, which it set only ~1.4x above the daemon's ~18 MiB heap: a full mark-compact
+        // every ~25 MiB forwarded, about half the gateway's CPU (a process whose old space
+        // stays under 8 MiB, like a bare ssh2 server, never marks). A fixed 4x factor, the
+        // top of V8's own range, leaves room for the Buffers between scavenges (issue #4).
+        setFlagsFromString('--heap-growing-percent=300');
         const { loadConfig, ConfigError } = await import('../../broker/config.js');
         const { createBroker } = await import('../../broker/daemon.js');
         const { StateDirError } = await import('../../broker/state-dir.js');
