@@ -41,10 +41,11 @@ function transportOf(s: Duplex): Socket | null {
  * `from` → `to` with backpressure, like pipe() without ending `to`. The socket under `to` is
  * corked until the end of the current I/O phase, so the 32 KiB packets that ssh2 hands over (or
  * encrypts) one by one leave in one writev() instead of one write() each, and the far end is
- * woken once per batch instead of once per packet.
+ * woken once per batch instead of once per packet. Between two plain sockets there is nothing to
+ * batch (one read, one write) and holding the write back only costs throughput: `batch` is off.
  */
-function pump(from: Duplex, to: Duplex, onBytes?: (n: number) => void): void {
-  const sock = transportOf(to);
+function pump(from: Duplex, to: Duplex, batch: boolean, onBytes?: (n: number) => void): void {
+  const sock = batch ? transportOf(to) : null;
   let corked = false;
   const flush = () => {
     corked = false;
@@ -76,8 +77,9 @@ export function splice(a: Duplex, b: Duplex, onBytes?: (n: number) => void): voi
   };
   a.on('error', () => b.destroy());
   b.on('error', () => a.destroy());
-  pump(a, b, onBytes);
-  pump(b, a, onBytes);
+  const batch = isSshChannel(a) || isSshChannel(b);
+  pump(a, b, batch, onBytes);
+  pump(b, a, batch, onBytes);
   a.once('end', onEnd(b));
   b.once('end', onEnd(a));
   a.once('close', teardown(a, b));
