@@ -650,27 +650,39 @@ async function main() {
   }
   // `broker tunnel --inject-key` — the real CLI, with the cipher probe preloaded.
   const probe = pathToFileURL(join(ROOT, 'bench', 'gateway', 'cipher-probe.mjs')).href;
-  const bt = track(
-    spawn(process.execPath, [BIN, 'tunnel', 'bench-tun', '--inject-key', '--json'], {
-      env: {
-        PATH: process.env.PATH,
-        HOME: tmp,
-        BROKER_URL: d.url,
-        BROKER_CA: caFile,
-        BROKER_TOKEN: d.token,
-        NODE_OPTIONS: `--import=${probe}`,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    }),
-  );
-  let btOut = '';
-  let btErr = '';
-  bt.stdout.on('data', (c) => (btOut += c));
-  bt.stderr.on('data', (c) => (btErr += c));
-  await until(() => btOut.includes('localPort'), 15_000, `broker tunnel (${btErr})`);
-  const btPort = JSON.parse(btOut).localPort;
-  await until(async () => (await firstByte(btPort, null, 3000)) > 0, 10_000, 'broker tunnel echo');
-  results.negotiated.brokerTunnel = JSON.parse(/BENCH_NEGOTIATED (.*)/.exec(btErr)?.[1] ?? 'null');
+  const startBrokerTunnel = async (name) => {
+    const proc = track(
+      spawn(process.execPath, [BIN, 'tunnel', name, '--inject-key', '--json'], {
+        env: {
+          PATH: process.env.PATH,
+          HOME: tmp,
+          BROKER_URL: d.url,
+          BROKER_CA: caFile,
+          BROKER_TOKEN: d.token,
+          NODE_OPTIONS: `--import=${probe}`,
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    );
+    let out = '';
+    let err = '';
+    proc.stdout.on('data', (c) => (out += c));
+    proc.stderr.on('data', (c) => (err += c));
+    await until(() => out.includes('localPort'), 15_000, `broker tunnel ${name} (${err})`);
+    const port = JSON.parse(out).localPort;
+    await until(
+      async () => (await firstByte(port, null, 3000)) > 0,
+      10_000,
+      `broker tunnel ${name} echo`,
+    );
+    return { proc, port, negotiated: JSON.parse(/BENCH_NEGOTIATED (.*)/.exec(err)?.[1] ?? 'null') };
+  };
+  const btRun = await startBrokerTunnel('bench-tun');
+  const bt = btRun.proc;
+  const btPort = btRun.port;
+  results.negotiated.brokerTunnel = btRun.negotiated;
+  // The same CLI to the direct service: one hop through the gateway, like `ssh -L` → sshd.
+  const btd = await startBrokerTunnel('bench-direct');
   const btCipher = results.negotiated.brokerTunnel?.cs ?? 'unknown';
   line(
     `negotiated by ssh2 clients (ssh2 defaults): broker tunnel → gateway **${btCipher}**; SDK reverse tunnel → gateway **${revCipher}**. Stock ssh paths use \`-c\`; behind the gateway the reverse leg is always ${short(revCipher)}.\n`,
@@ -742,6 +754,16 @@ async function main() {
     clientPid: bt.pid,
     goalFor: 'broker tunnel, end to end',
     topo: `sshd2_${short(btCipher)}`,
+  });
+  paths.push({
+    id: 'broker_tunnel_direct',
+    label: '`broker tunnel --inject-key` → gateway → direct service (tunnel none)',
+    port: btd.port,
+    key: null,
+    cipher: btCipher,
+    clientPid: btd.proc.pid,
+    goalFor: 'broker tunnel, direct service',
+    topo: `sshd_${short(btCipher)}`,
   });
   paths.push({
     id: 'reverse_only',
