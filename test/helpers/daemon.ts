@@ -271,6 +271,7 @@ export function runCli(
         res({ code, stdout, stderr });
       },
     );
+    child.stdin!.on('error', () => undefined); // a command that exits without reading: EPIPE
     child.stdin!.end(input ?? '');
   });
 }
