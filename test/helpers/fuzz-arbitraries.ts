@@ -10,11 +10,13 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import { METHODS } from 'node:http';
 import { gzipSync } from 'node:zlib';
+import { createServer, type Server } from 'node:net';
 import fc from 'fast-check';
 import { ROUTES } from '../../src/broker/http/app.js';
 import type { Route } from '../../src/broker/http/route.js';
 import { ERROR_CATALOGUE } from '../../src/protocol/errors.js';
 import { MAX_BODY_BYTES } from '../../src/protocol/constants.js';
+import { Daemon } from './daemon.js';
 
 export interface Raw {
   status: number;
@@ -526,4 +528,81 @@ export function fuzzKit(state: FuzzState) {
   }
 
   return { bodyArb, authHeader, buildReq, validParams, routeArb, routeReq };
+}
+
+/** A state for `fuzzKit` before `startFuzzDaemon` fills it. */
+export function emptyFuzzState(): FuzzState {
+  return {
+    admin: '',
+    adminName: '',
+    user: '',
+    alice: '',
+    serviceToken: '',
+    otherServiceToken: '',
+    key: '',
+    keyId: '',
+    tokenId: '',
+  };
+}
+
+function listenOn(port: number): Promise<Server | null> {
+  return new Promise((res) => {
+    const server = createServer((s) => s.destroy());
+    server.once('error', () => res(null));
+    server.listen(port, '127.0.0.1', () => res(server));
+  });
+}
+
+/** A ready `tunnel: none` service of alice's; returns its service token. */
+export async function readyFuzzService(
+  d: Daemon,
+  state: FuzzState,
+  listeners: Server[],
+  name: string,
+): Promise<string> {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const r = await d.api('POST', '/v1/services', {
+      token: state.alice,
+      body: { name, tunnel: 'none' },
+    });
+    if (r.status !== 201) throw new Error(`register ${name}: ${r.status} ${r.text}`);
+    const server = await listenOn(r.body.service.port);
+    if (!server) {
+      await d.api('DELETE', `/v1/services/alice/${name}`, { token: state.alice });
+      continue;
+    }
+    listeners.push(server);
+    const ready = await d.api('POST', `/v1/services/alice/${name}/ready`, {
+      token: r.body.serviceToken,
+    });
+    if (ready.status !== 200) throw new Error(`ready ${name}: ${ready.status} ${ready.text}`);
+    return r.body.serviceToken;
+  }
+  throw new Error(`no free port for alice/${name}`);
+}
+
+/**
+ * The daemon both fuzz suites run against, with the principals, ready services and client key
+ * the generators draw from written into `state`. No tarpit: held 429s would only slow the runs;
+ * the answers are the same. The services' listeners are pushed to `listeners` for closing.
+ */
+export async function startFuzzDaemon(state: FuzzState, listeners: Server[]): Promise<Daemon> {
+  const d = await Daemon.start({ config: { verifyTarpitMs: 0 } });
+  const readyService = (name: string) => readyFuzzService(d, state, listeners, name);
+  state.admin = d.adminToken;
+  state.adminName = (await d.api('GET', '/v1/whoami')).body.principal.name;
+  state.alice = await d.addUser('alice');
+  state.user = await d.addUser('fuzzuser');
+  await d.addUser('victim');
+  const t = await d.api('POST', '/v1/principals/victim/tokens', { body: { label: 'fuzz' } });
+  state.tokenId = t.body.tokenInfo.id;
+  state.serviceToken = await readyService('fuzzsvc');
+  state.otherServiceToken = await readyService('othersvc');
+  const k = await d.api('POST', '/v1/services/alice/fuzzsvc/keys', {
+    token: state.alice,
+    body: {},
+  });
+  state.key = k.body.key;
+  state.keyId = k.body.keyId;
+  return d;
 }
