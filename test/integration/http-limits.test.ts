@@ -1,8 +1,6 @@
 /** Requests node's HTTP parser rejects still get the API's JSON error shape (FUZZ-1, NET-3). */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { connect as netConnect, type Socket as NetSocket } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Daemon } from '../helpers/daemon.js';
@@ -72,20 +70,14 @@ describe('NET-3: a slowloris flood does not stop a legitimate request', () => {
   const HEADERS_MS = 2000;
   const REQUEST_MS = 4000;
   let d: Daemon;
-  let tmp: string;
   beforeAll(async () => {
-    tmp = mkdtempSync(join(tmpdir(), 'broker-net3-'));
-    const config = join(tmp, 'config.json');
-    writeFileSync(
-      config,
-      JSON.stringify({ headersTimeoutMs: HEADERS_MS, requestTimeoutMs: REQUEST_MS }),
-      { mode: 0o600 },
-    );
-    d = await Daemon.start({ home: tmp, extraArgs: ['--config', config] });
+    d = await Daemon.start({
+      config: { headersTimeoutMs: HEADERS_MS, requestTimeoutMs: REQUEST_MS },
+    });
   });
   afterAll(async () => {
     await d.stop();
-    rmSync(tmp, { recursive: true, force: true });
+    rmSync(d.home, { recursive: true, force: true });
   });
 
   interface Slow {

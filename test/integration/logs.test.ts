@@ -3,9 +3,7 @@
  * characters and bidi overrides are escaped, fields are truncated, and failures are logged at a
  * bounded rate with exact accounting of what was left out.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync, rmSync } from 'node:fs';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Daemon } from '../helpers/daemon.js';
@@ -18,19 +16,15 @@ const PER_SECOND = 20;
 
 describe('LOG-2: hostile names, long fields and failure floods', () => {
   let d: Daemon;
-  let tmp: string;
   let alice: string;
 
   beforeAll(async () => {
-    tmp = mkdtempSync(join(tmpdir(), 'broker-log2-'));
-    const config = join(tmp, 'config.json');
-    writeFileSync(config, JSON.stringify({ logFailuresPerSecond: PER_SECOND }), { mode: 0o600 });
-    d = await Daemon.start({ home: tmp, extraArgs: ['--config', config] });
+    d = await Daemon.start({ config: { logFailuresPerSecond: PER_SECOND } });
     alice = await d.addUser('alice');
   });
   afterAll(async () => {
     await d.stop();
-    if (!process.env.KEEP_TEST_STATE) rmSync(tmp, { recursive: true, force: true });
+    if (!process.env.KEEP_TEST_STATE) rmSync(d.home, { recursive: true, force: true });
   });
 
   /** Log lines as parsed objects; every line must be one JSON object. */

@@ -3,49 +3,45 @@
  * Retry-After once the threshold is passed, the right key keeps working for its owner, another
  * service is unaffected, and the audit log records the throttle once, not 10,000 lines.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Daemon } from '../helpers/daemon.js';
+
+/** A ready `tunnel: none` service of the admin's with a client key; its listener joins `servers`. */
+async function readyService(d: Daemon, servers: Server[], name: string) {
+  const owner = (await d.api('GET', '/v1/whoami')).body.principal.name as string;
+  const reg = await d.api('POST', '/v1/services', { body: { name, tunnel: 'none' } });
+  const srv = createServer((s) => s.end());
+  servers.push(srv);
+  await new Promise<void>((r) => srv.listen(reg.body.service.port, '127.0.0.1', r));
+  const token = reg.body.serviceToken as string;
+  expect(
+    (await d.api('POST', `/v1/services/${owner}/${name}/ready`, { token, body: {} })).status,
+  ).toBe(200);
+  const { key } = (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body: {} })).body;
+  return { token, key: key as string };
+}
 
 describe('BF-1: failed verifies back off', () => {
   let d: Daemon;
   const servers: Server[] = [];
   let owner: string;
-  let tmp: string;
-
-  async function readyService(name: string) {
-    const reg = await d.api('POST', '/v1/services', { body: { name, tunnel: 'none' } });
-    const srv = createServer((s) => s.end());
-    servers.push(srv);
-    await new Promise<void>((r) => srv.listen(reg.body.service.port, '127.0.0.1', r));
-    const token = reg.body.serviceToken as string;
-    expect(
-      (await d.api('POST', `/v1/services/${owner}/${name}/ready`, { token, body: {} })).status,
-    ).toBe(200);
-    const { key } = (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body: {} })).body;
-    return { token, key: key as string };
-  }
 
   beforeAll(async () => {
     // The tarpit (tested below) would hold each of the 10,000 answers for a second.
-    tmp = mkdtempSync(join(tmpdir(), 'broker-bf1-'));
-    const config = join(tmp, 'config.json');
-    writeFileSync(config, JSON.stringify({ verifyTarpitMs: 0 }), { mode: 0o600 });
-    d = await Daemon.start({ home: tmp, extraArgs: ['--config', config] });
+    d = await Daemon.start({ config: { verifyTarpitMs: 0 } });
     owner = (await d.api('GET', '/v1/whoami')).body.principal.name;
   });
   afterAll(async () => {
     for (const s of servers) s.close();
     await d.stop();
-    rmSync(tmp, { recursive: true, force: true });
+    rmSync(d.home, { recursive: true, force: true });
   });
 
   it('10,000 wrong keys: zero successes, 429 + Retry-After after 30, the right key still works', async () => {
-    const target = await readyService('target');
-    const bystander = await readyService('bystander');
+    const target = await readyService(d, servers, 'target');
+    const bystander = await readyService(d, servers, 'bystander');
     const statuses = new Map<number, number>();
     let valid = 0;
     let retryAfter: string | undefined;
@@ -105,33 +101,17 @@ describe('BF-1: failed verifies back off', () => {
  */
 describe('BF-2: the tarpit slows guessing, never the right key', () => {
   let d: Daemon;
-  let tmp: string;
   const servers: Server[] = [];
   const HELD = 8;
 
   beforeAll(async () => {
-    tmp = mkdtempSync(join(tmpdir(), 'broker-bf2-'));
-    const config = join(tmp, 'config.json');
-    writeFileSync(config, JSON.stringify({ verifyTarpitMax: HELD }), { mode: 0o600 });
-    d = await Daemon.start({ home: tmp, extraArgs: ['--config', config] });
+    d = await Daemon.start({ config: { verifyTarpitMax: HELD } });
   });
   afterAll(async () => {
     for (const s of servers) s.close();
     await d.stop();
-    rmSync(tmp, { recursive: true, force: true });
+    rmSync(d.home, { recursive: true, force: true });
   });
-
-  async function readyService(name: string) {
-    const owner = (await d.api('GET', '/v1/whoami')).body.principal.name as string;
-    const reg = await d.api('POST', '/v1/services', { body: { name, tunnel: 'none' } });
-    const srv = createServer((s) => s.end());
-    servers.push(srv);
-    await new Promise<void>((r) => srv.listen(reg.body.service.port, '127.0.0.1', r));
-    const token = reg.body.serviceToken as string;
-    await d.api('POST', `/v1/services/${owner}/${name}/ready`, { token, body: {} });
-    const { key } = (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body: {} })).body;
-    return { token, key: key as string };
-  }
 
   const timed = async (token: string, key: string) => {
     const t0 = Date.now();
@@ -141,8 +121,8 @@ describe('BF-2: the tarpit slows guessing, never the right key', () => {
   const wrong = (i: number) => 'bkk_' + String(i).padStart(43, 'z');
 
   it('blocked wrong keys wait ~1 s (at most a bounded number at once); the right key never waits', async () => {
-    const target = await readyService('tarpitted');
-    const bystander = await readyService('bystander2');
+    const target = await readyService(d, servers, 'tarpitted');
+    const bystander = await readyService(d, servers, 'bystander2');
     // The threshold: 30 wrong keys are answered at once with valid:false.
     for (let i = 0; i < 30; i++) {
       const r = await timed(target.token, wrong(i));
