@@ -37,27 +37,34 @@ function transportOf(s: Duplex): Socket | null {
   return sock instanceof Socket ? sock : null;
 }
 
+const corked = new WeakSet<Socket>();
+
 /**
- * `from` → `to` with backpressure, like pipe() without ending `to`. The socket under `to` is
- * corked until the end of the current I/O phase, so the 32 KiB packets that ssh2 hands over (or
- * encrypts) one by one leave in one writev() instead of one write() each, and the far end is
- * woken once per batch instead of once per packet. Between two plain sockets there is nothing to
- * batch (one read, one write) and holding the write back only costs throughput: `batch` is off.
+ * Hold `sock`'s writes until the end of the current I/O phase, so the 32 KiB packets that ssh2
+ * encrypts one by one leave in one writev() instead of one write() each, and the far end is woken
+ * once per batch instead of once per packet. Shared by every channel on the connection.
+ */
+function corkForPhase(sock: Socket): void {
+  if (corked.has(sock)) return;
+  corked.add(sock);
+  sock.cork();
+  setImmediate(() => {
+    corked.delete(sock);
+    sock.uncork();
+  });
+}
+
+/**
+ * `from` → `to` with backpressure, like pipe() without ending `to`. When `to` is an SSH channel,
+ * its connection's socket is corked for the I/O phase (see corkForPhase). Between two plain
+ * sockets there is nothing to batch (one read, one write) and holding the write back only costs
+ * throughput: `batch` is off.
  */
 function pump(from: Duplex, to: Duplex, batch: boolean, onBytes?: (n: number) => void): void {
   const sock = batch ? transportOf(to) : null;
-  let corked = false;
-  const flush = () => {
-    corked = false;
-    sock!.uncork();
-  };
   from.on('data', (chunk: Buffer) => {
     onBytes?.(chunk.length);
-    if (sock && !corked) {
-      corked = true;
-      sock.cork();
-      setImmediate(flush);
-    }
+    if (sock) corkForPhase(sock);
     if (!to.write(chunk)) from.pause();
   });
   to.on('drain', () => from.resume());
@@ -69,12 +76,24 @@ export function splice(a: Duplex, b: Duplex, onBytes?: (n: number) => void): voi
   const onEnd = (to: Duplex) => () => {
     halfClose(to);
     if (++ended === 2) {
-      for (const s of [a, b]) if (isSshChannel(s)) s.close();
+      // Both ways are done; an SSH channel is closed once its writable side has finished. Data
+      // still queued for the peer's window (up to a window's worth when the last bytes arrive in
+      // a burst) would otherwise be dropped by CHANNEL_CLOSE — ssh2's close() does not wait.
+      for (const s of [a, b])
+        if (isSshChannel(s)) {
+          if (s.writableFinished) s.close();
+          else s.once('finish', () => s.close());
+        }
     }
   };
   const teardown = (from: Duplex, to: Duplex) => () => {
     if (!from.readableEnded || from.errored) to.destroy();
   };
+  // splice owns the ends. A socket left with Node's default (allowHalfOpen false) ends its own
+  // writable side when its peer half-closes, cutting off whatever the other side still has to
+  // send: a client that wrote 24 MiB to an echo through the gateway and then shut down its
+  // sending side got back 8–20 MiB of it.
+  for (const s of [a, b]) s.allowHalfOpen = true;
   a.on('error', () => b.destroy());
   b.on('error', () => a.destroy());
   const batch = isSshChannel(a) || isSshChannel(b);

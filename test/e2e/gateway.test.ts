@@ -3,6 +3,7 @@
  * connect, and stock OpenSSH (`ssh -N -L`, `ssh -N -R`, ProxyCommand) — real processes only.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -97,9 +98,12 @@ describe('SSH gateway end to end', () => {
     children.push(c);
     return c;
   }
-  function sdkServer(name: string): { proc: ChildProcess; lines: string[] } {
+  function sdkServer(
+    name: string,
+    extraEnv: Record<string, string> = {},
+  ): { proc: ChildProcess; lines: string[] } {
     const proc = spawn(process.execPath, [join(ROOT, 'test', 'fixtures', 'sdk-server.mjs')], {
-      env: { PATH: process.env.PATH, HOME: tmp, NAME: name, ...userEnv() },
+      env: { PATH: process.env.PATH, HOME: tmp, NAME: name, ...userEnv(), ...extraEnv },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const lines: string[] = [];
@@ -193,6 +197,62 @@ describe('SSH gateway end to end', () => {
     expect(await exchange(lp, 'plain')).toBe(`echo:plain|${owner}`);
     t.kill('SIGTERM');
   });
+
+  it('ok/bulk, then half-close: 24 MiB each way arrive whole and in order, through broker tunnel and through the published port', async () => {
+    // The SSH windows are 2 MiB, so every channel stalls and resumes a dozen times, and the
+    // writes that each WINDOW_ADJUST releases go out from ssh2's read path. The client shuts down its
+    // sending side right after the last byte, while most of the echo is still on its way: no
+    // socket on the path may end its own writable side then (splice sets allowHalfOpen; without
+    // it 8–20 MiB came back).
+    const srv = sdkServer('sdkbulk', { MODE: 'bytes' });
+    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkbulk ready');
+    const lp = await freePort();
+    const t = spawn(
+      process.execPath,
+      [BIN, 'tunnel', 'sdkbulk', '--local-port', String(lp), '--inject-key', '--json'],
+      {
+        env: { PATH: process.env.PATH, HOME: tmp, ...userEnv() },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    children.push(t);
+    let out = '';
+    t.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => out.includes('localPort'), 10_000, 'the tunnel');
+    const data = randomBytes(24 * 1024 * 1024);
+    const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+    const echo = (port: number, key?: string) =>
+      new Promise<Buffer>((resolve, reject) => {
+        const s = createConnection({ host: '127.0.0.1', port });
+        const parts: Buffer[] = [];
+        s.on('data', (c: Buffer) => parts.push(c));
+        s.on('end', () => resolve(Buffer.concat(parts)));
+        s.on('error', reject);
+        if (key) s.write(`${key}\n`);
+        // Uneven slices, then the half-close.
+        let off = 0;
+        const write = () => {
+          while (off < data.length) {
+            const n = Math.min(data.length - off, 1000 + ((off * 7919) % 300_000));
+            const ok = s.write(data.subarray(off, (off += n)));
+            if (!ok) return void s.once('drain', write);
+          }
+          s.end();
+        };
+        write();
+      });
+    const viaTunnel = await echo(lp);
+    expect(viaTunnel.length).toBe(data.length);
+    expect(sha(viaTunnel)).toBe(sha(data));
+    const svc = (await d.api('GET', `/v1/services/${owner}/sdkbulk`)).body.service;
+    const { key } = (await d.api('POST', `/v1/services/${owner}/sdkbulk/keys`, { body: {} })).body;
+    const viaPort = await echo(svc.port, key);
+    expect(viaPort.subarray(0, 3).toString()).toBe('OK\n');
+    expect(viaPort.length - 3).toBe(data.length);
+    expect(sha(viaPort.subarray(3))).toBe(sha(data));
+    t.kill('SIGTERM');
+    srv.proc.kill('SIGTERM');
+  }, 90_000);
 
   it('ok/stock ssh -N -L with a user token as password; data flows after the key handshake', async () => {
     const reg = await d.api('GET', `/v1/services/${owner}/sdkecho`);
