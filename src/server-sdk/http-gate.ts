@@ -113,9 +113,16 @@ export class HttpGate {
 
   /** For plain node:http: resolves true when the request may go on; otherwise it was answered. */
   async handle(req: GatedRequest, res: ServerResponse): Promise<boolean> {
-    const url = new URL(req.url ?? '/', 'https://gate.invalid');
-    const loginKey = url.searchParams.get(LOGIN_PARAM);
-    if (loginKey !== null) {
+    // Only a query that can name the parameter (literally, or with any of its letters
+    // percent-encoded) is parsed: most requests carry a bearer or a cookie, and URL parsing is a
+    // visible part of the per-request cost.
+    const q = req.url?.indexOf('?') ?? -1;
+    const url =
+      q >= 0 && (req.url!.includes(LOGIN_PARAM, q) || req.url!.includes('%', q))
+        ? new URL(req.url!, 'https://gate.invalid')
+        : undefined;
+    const loginKey = url?.searchParams.get(LOGIN_PARAM) ?? null;
+    if (url && loginKey !== null) {
       url.searchParams.delete(LOGIN_PARAM);
       const clean = url.pathname + (url.search === '?' ? '' : url.search);
       req.url = clean; // never let the key reach a logged URL

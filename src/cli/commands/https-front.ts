@@ -46,7 +46,13 @@ export function httpsFront(svc: BrokerService, app: AppTarget): Server {
       if (!res.headersSent) res.writeHead(502, { 'Content-Type': 'text/plain' });
       res.end('the app is not answering\n');
     });
-    req.pipe(up);
+    // A request without a body (most are) ends at once; pipe() would wait a tick for its 'end'.
+    if (
+      req.headers['content-length'] === undefined &&
+      req.headers['transfer-encoding'] === undefined
+    )
+      up.end();
+    else req.pipe(up);
   });
   server.on('upgrade', (req, socket: Duplex, head: Buffer) =>
     gate.upgrade(req, socket, head, (r, s, h) => {
