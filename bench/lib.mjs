@@ -52,7 +52,9 @@ export async function startDaemon(extra = [], { nodeArgs = [] } = {}) {
   }
   const creds = JSON.parse(readFileSync(credsPath, 'utf8'));
   const agent = new Agent({ ca: creds.ca, keepAlive: true, maxSockets: 64 });
-  const api = (method, path, token, body) =>
+  // A keep-alive socket the daemon closed while this process was blocked (execFileSync of wrk)
+  // is only found dead when reused: retry once then, as Node's docs advise (req.reusedSocket).
+  const api = (method, path, token, body, retried = false) =>
     new Promise((resolve, reject) => {
       const payload = body === undefined ? undefined : JSON.stringify(body);
       const req = request(
@@ -75,7 +77,11 @@ export async function startDaemon(extra = [], { nodeArgs = [] } = {}) {
           );
         },
       );
-      req.on('error', reject);
+      req.on('error', (err) => {
+        if (!retried && req.reusedSocket && err.code === 'ECONNRESET')
+          resolve(api(method, path, token, body, true));
+        else reject(err);
+      });
       req.end(payload);
     });
   return {
