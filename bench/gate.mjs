@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { BIN, ROOT, fmt, have, median, startDaemon, wrk } from './lib.mjs';
 
 const MIB = 1024 * 1024;
+const apps = join(ROOT, 'bench', 'gate', 'apps.mjs');
 const BYTES = Number(process.env.BENCH_GATE_BYTES ?? 512 * MIB);
 const line = (s = '') => process.stdout.write(s + '\n');
 const results = {};
@@ -31,6 +32,20 @@ async function waitFor(pred, ms = 20000) {
     await sleep(100);
   }
   throw new Error('timed out');
+}
+
+/** `broker run NAME ARGS… -- COMMAND…`, once the service is ready: {proc, port, key}. */
+async function brokerRun(d, owner, name, args, command) {
+  const proc = spawn(process.execPath, [BIN, 'run', name, ...args, '--', ...command], {
+    env: d.env,
+    stdio: 'ignore',
+  });
+  children.push(proc);
+  const path = `/v1/services/${owner}/${name}`;
+  await waitFor(async () => (await d.api('GET', path, d.token)).body?.service?.status === 'ready');
+  const { port } = (await d.api('GET', path, d.token)).body.service;
+  const { key } = (await d.api('POST', `${path}/keys`, d.token, {})).body;
+  return { proc, port, key };
 }
 
 /** Open a connection, optionally do the key handshake, then measure first byte and bulk. */
@@ -86,47 +101,28 @@ try {
   // --- TCP -----------------------------------------------------------------
   const direct = await free();
   children.push(
-    spawn(process.execPath, [join(ROOT, 'bench', 'gate', 'apps.mjs'), 'sink', String(direct)], {
+    spawn(process.execPath, [apps, 'sink', String(direct)], {
       stdio: 'ignore',
     }),
   );
-  const run = spawn(
-    process.execPath,
-    [
-      BIN,
-      'run',
-      'gtcp',
-      '--tunnel',
-      'none',
-      '--',
-      process.execPath,
-      join(ROOT, 'bench', 'gate', 'apps.mjs'),
-      'sink',
-      '{app_port}',
-    ],
-    { env: d.env, stdio: 'ignore' },
+  const owner = (await d.api('GET', '/v1/whoami', d.token)).body.principal.name;
+  const {
+    proc: run,
+    port: svcPort,
+    key,
+  } = await brokerRun(
+    d,
+    owner,
+    'gtcp',
+    ['--tunnel', 'none'],
+    [process.execPath, apps, 'sink', '{app_port}'],
   );
-  children.push(run);
-  let owner;
-  await waitFor(async () => {
-    const r = await d.api('GET', '/v1/whoami', d.token);
-    owner = r.body.principal.name;
-    return (
-      (await d.api('GET', `/v1/services/${owner}/gtcp`, d.token)).body?.service?.status === 'ready'
-    );
-  });
   await sleep(300);
-  const svcPort = (await d.api('GET', `/v1/services/${owner}/gtcp`, d.token)).body.service.port;
-  const key = (await d.api('POST', `/v1/services/${owner}/gtcp/keys`, d.token, {})).body.key;
   // The ceiling: a bare Node pipe to the same app, no key, no checks — what any gate written in
   // Node pays on this host for the extra hop (two more socket copies, one more process).
   const relay = await free();
   children.push(
-    spawn(
-      process.execPath,
-      [join(ROOT, 'bench', 'gate', 'apps.mjs'), 'relay', String(relay), String(direct)],
-      { stdio: 'ignore' },
-    ),
+    spawn(process.execPath, [apps, 'relay', String(relay), String(direct)], { stdio: 'ignore' }),
   );
   await sleep(300);
   const lat = { direct: [], gate: [], relay: [] };
@@ -180,32 +176,12 @@ try {
   // --- HTTPS ---------------------------------------------------------------
   if (!have('wrk')) line('\nHTTPS: skipped (wrk is not installed)');
   else {
-    const hrun = spawn(
-      process.execPath,
-      [
-        BIN,
-        'run',
-        'ghttps',
-        '--mode',
-        'https',
-        '--tunnel',
-        'none',
-        '--',
-        process.execPath,
-        join(ROOT, 'bench', 'gate', 'apps.mjs'),
-        'http',
-        '{app_port}',
-      ],
-      { env: d.env, stdio: 'ignore' },
-    );
-    children.push(hrun);
-    await waitFor(
-      async () =>
-        (await d.api('GET', `/v1/services/${owner}/ghttps`, d.token)).body?.service?.status ===
-        'ready',
-    );
-    const hs = (await d.api('GET', `/v1/services/${owner}/ghttps`, d.token)).body.service;
-    const hkey = (await d.api('POST', `/v1/services/${owner}/ghttps/keys`, d.token, {})).body.key;
+    const https = ['--mode', 'https', '--tunnel', 'none'];
+    const {
+      proc: hrun,
+      port: hport,
+      key: hkey,
+    } = await brokerRun(d, owner, 'ghttps', https, [process.execPath, apps, 'http', '{app_port}']);
     // Baseline: the same app answering over TLS itself, with a broker-issued certificate.
     const reg = await d.api('POST', '/v1/services', d.token, {
       name: 'gdirect',
@@ -219,13 +195,7 @@ try {
     children.push(
       spawn(
         process.execPath,
-        [
-          join(ROOT, 'bench', 'gate', 'apps.mjs'),
-          'https',
-          String(dport),
-          join(tmp, 'c.pem'),
-          join(tmp, 'k.pem'),
-        ],
+        [apps, 'https', String(dport), join(tmp, 'c.pem'), join(tmp, 'k.pem')],
         { stdio: 'ignore' },
       ),
     );
@@ -233,19 +203,12 @@ try {
     // app — no HTTP parsing, no key check. No HTTPS gate in Node can beat it on this host.
     const [aport, cport] = [await free(), await free()];
     children.push(
-      spawn(process.execPath, [join(ROOT, 'bench', 'gate', 'apps.mjs'), 'http', String(aport)], {
+      spawn(process.execPath, [apps, 'http', String(aport)], {
         stdio: 'ignore',
       }),
       spawn(
         process.execPath,
-        [
-          join(ROOT, 'bench', 'gate', 'apps.mjs'),
-          'tlsrelay',
-          String(cport),
-          String(aport),
-          join(tmp, 'c.pem'),
-          join(tmp, 'k.pem'),
-        ],
+        [apps, 'tlsrelay', String(cport), String(aport), join(tmp, 'c.pem'), join(tmp, 'k.pem')],
         { stdio: 'ignore' },
       ),
     );
@@ -256,7 +219,7 @@ try {
       c = [];
     for (let i = 0; i < 3; i++) {
       b.push(wrk(`https://127.0.0.1:${dport}/`, opts));
-      g.push(wrk(`https://127.0.0.1:${hs.port}/`, opts));
+      g.push(wrk(`https://127.0.0.1:${hport}/`, opts));
       c.push(wrk(`https://127.0.0.1:${cport}/`, opts));
     }
     for (const r of [...b, ...g, ...c]) if (r.errors) throw new Error(`wrk errors: ${r.errors}`);
@@ -276,31 +239,11 @@ try {
     if (!have('python3')) line('\nHTTPS with a Python app: skipped (python3 is not installed)');
     else {
       const pyapp = join(ROOT, 'bench', 'gate', 'pyapp.py');
-      const prun = spawn(
-        process.execPath,
-        [
-          BIN,
-          'run',
-          'gpy',
-          '--mode',
-          'https',
-          '--tunnel',
-          'none',
-          '--',
-          'python3',
-          pyapp,
-          '{app_port}',
-        ],
-        { env: d.env, stdio: 'ignore' },
-      );
-      children.push(prun);
-      await waitFor(
-        async () =>
-          (await d.api('GET', `/v1/services/${owner}/gpy`, d.token)).body?.service?.status ===
-          'ready',
-      );
-      const ps = (await d.api('GET', `/v1/services/${owner}/gpy`, d.token)).body.service;
-      const pkey = (await d.api('POST', `/v1/services/${owner}/gpy/keys`, d.token, {})).body.key;
+      const {
+        proc: prun,
+        port: pgport,
+        key: pkey,
+      } = await brokerRun(d, owner, 'gpy', https, ['python3', pyapp, '{app_port}']);
       const pport = await free();
       children.push(
         spawn('python3', [pyapp, String(pport), join(tmp, 'c.pem'), join(tmp, 'k.pem')], {
@@ -313,7 +256,7 @@ try {
         pg = [];
       for (let i = 0; i < 3; i++) {
         pb.push(wrk(`https://127.0.0.1:${pport}/`, popts));
-        pg.push(wrk(`https://127.0.0.1:${ps.port}/`, popts));
+        pg.push(wrk(`https://127.0.0.1:${pgport}/`, popts));
       }
       for (const r of [...pb, ...pg]) if (r.errors) throw new Error(`wrk errors: ${r.errors}`);
       const pbr = median(pb.map((r) => r.rps)),

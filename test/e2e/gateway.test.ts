@@ -112,6 +112,26 @@ describe('SSH gateway end to end', () => {
     return { proc, lines };
   }
 
+  /** `broker tunnel NAME --inject-key --json` on a free local port, once it says where. */
+  async function brokerTunnel(
+    name: string,
+  ): Promise<{ proc: ChildProcess; port: number; printed: { localPort: number } }> {
+    const port = await freePort();
+    const proc = spawn(
+      process.execPath,
+      [BIN, 'tunnel', name, '--local-port', String(port), '--inject-key', '--json'],
+      {
+        env: { PATH: process.env.PATH, HOME: tmp, ...userEnv() },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    children.push(proc);
+    let out = '';
+    proc.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    await until(() => out.includes('localPort'), 10_000, 'the tunnel');
+    return { proc, port, printed: JSON.parse(out) };
+  }
+
   beforeAll(async () => {
     apiPort = await freePort();
     sshPort = await freePort();
@@ -180,22 +200,10 @@ describe('SSH gateway end to end', () => {
   });
 
   it('ok/broker tunnel --inject-key: a key-unaware client just connects', async () => {
-    const lp = await freePort();
-    const t = spawn(
-      process.execPath,
-      [BIN, 'tunnel', 'sdkecho', '--local-port', String(lp), '--inject-key', '--json'],
-      {
-        env: { PATH: process.env.PATH, HOME: tmp, ...userEnv() },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    children.push(t);
-    let out = '';
-    t.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-    await until(() => out.includes('localPort'), 10_000, 'the tunnel');
-    expect(JSON.parse(out).localPort).toBe(lp);
-    expect(await exchange(lp, 'plain')).toBe(`echo:plain|${owner}`);
-    t.kill('SIGTERM');
+    const t = await brokerTunnel('sdkecho');
+    expect(t.printed.localPort).toBe(t.port);
+    expect(await exchange(t.port, 'plain')).toBe(`echo:plain|${owner}`);
+    t.proc.kill('SIGTERM');
   });
 
   it('ok/bulk, then half-close: 24 MiB each way arrive whole and in order, through broker tunnel and through the published port', async () => {
@@ -206,19 +214,7 @@ describe('SSH gateway end to end', () => {
     // it 8–20 MiB came back).
     const srv = sdkServer('sdkbulk', { MODE: 'bytes' });
     await until(() => srv.lines.includes('state ready'), 15_000, 'sdkbulk ready');
-    const lp = await freePort();
-    const t = spawn(
-      process.execPath,
-      [BIN, 'tunnel', 'sdkbulk', '--local-port', String(lp), '--inject-key', '--json'],
-      {
-        env: { PATH: process.env.PATH, HOME: tmp, ...userEnv() },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    children.push(t);
-    let out = '';
-    t.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-    await until(() => out.includes('localPort'), 10_000, 'the tunnel');
+    const t = await brokerTunnel('sdkbulk');
     const data = randomBytes(24 * 1024 * 1024);
     const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
     const echo = (port: number, key?: string) =>
@@ -241,7 +237,7 @@ describe('SSH gateway end to end', () => {
         };
         write();
       });
-    const viaTunnel = await echo(lp);
+    const viaTunnel = await echo(t.port);
     expect(viaTunnel.length).toBe(data.length);
     expect(sha(viaTunnel)).toBe(sha(data));
     const svc = (await d.api('GET', `/v1/services/${owner}/sdkbulk`)).body.service;
@@ -250,7 +246,7 @@ describe('SSH gateway end to end', () => {
     expect(viaPort.subarray(0, 3).toString()).toBe('OK\n');
     expect(viaPort.length - 3).toBe(data.length);
     expect(sha(viaPort.subarray(3))).toBe(sha(data));
-    t.kill('SIGTERM');
+    t.proc.kill('SIGTERM');
     srv.proc.kill('SIGTERM');
   }, 90_000);
 
