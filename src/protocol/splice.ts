@@ -80,7 +80,9 @@ function pump(from: Duplex, to: Duplex, batch: boolean, onBytes?: (n: number) =>
   from.on('data', (chunk: Buffer) => {
     onBytes?.(chunk.length);
     if (sock) corkForPhase(sock);
-    if (!to.write(chunk)) from.pause();
+    // A closed ssh2 channel swallows writes and never calls back, so write() stays false
+    // forever: never wait on a side that is gone (teardown ends this when it closes).
+    if (!to.write(chunk) && !to.destroyed && !to.writableEnded) from.pause();
   });
   to.on('drain', () => from.resume());
 }
@@ -101,14 +103,29 @@ export function splice(a: Duplex, b: Duplex, onBytes?: (n: number) => void): voi
         }
     }
   };
+  // When one side closes, the other goes too unless both of its directions are already done:
+  // `from` ended badly (reset, error), or `to` still has bytes for `from`, which has nowhere to
+  // put them now — an app that resets mid-upload, a client that vanishes mid-download. An ssh2
+  // channel's destroy() only sends CLOSE; resume() drains what it still holds, so it ends, emits
+  // 'close' and leaves the gateway's channel count.
   const teardown = (from: Duplex, to: Duplex) => () => {
-    if (!from.readableEnded || from.errored) to.destroy();
+    if (!from.readableEnded || from.errored || !to.readableEnded) {
+      to.destroy();
+      to.resume();
+    }
   };
   // splice owns the ends. A socket left with Node's default (allowHalfOpen false) ends its own
   // writable side when its peer half-closes, cutting off whatever the other side still has to
   // send: a client that wrote 24 MiB to an echo through the gateway and then shut down its
   // sending side got back 8–20 MiB of it.
   for (const s of [a, b]) s.allowHalfOpen = true;
+  if (a.destroyed || b.destroyed) {
+    // One side left before the splice (a client that hung up during a verify): no 'close' is
+    // coming to tear the other down.
+    a.destroy();
+    b.destroy();
+    return;
+  }
   a.on('error', () => b.destroy());
   b.on('error', () => a.destroy());
   const batch = isSshChannel(a) || isSshChannel(b);

@@ -250,6 +250,69 @@ describe('SSH gateway end to end', () => {
     srv.proc.kill('SIGTERM');
   }, 90_000);
 
+  it('ok/the server answers and shuts down its side first: all 8 MiB the client sends afterwards still arrive (SDK connect())', async () => {
+    // The gateway used to destroy the upstream channel together with the client's SSH
+    // connection, which the SDK ends as soon as its channel closes — while the tail of the upload
+    // was still queued for the server's window: 5.3–7.4 of 8.4 MB arrived, in half the runs.
+    const srv = sdkServer('sdkfirst', { MODE: 'answer-first' });
+    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkfirst ready');
+    const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
+    const data = randomBytes(8 * 1024 * 1024);
+    for (let i = 0; i < 3; i++) {
+      const s = await connect(broker, 'sdkfirst');
+      let answer = '';
+      s.on('data', (c: Buffer) => (answer += c.toString()));
+      await until(() => answer === 'hello\n', 5000, 'the answer');
+      s.end(data);
+      await new Promise((resolve) => s.once('close', resolve));
+      const line = `rx ${data.length} ${createHash('sha256').update(data).digest('hex')}`;
+      await until(
+        () => srv.lines.filter((l) => l.startsWith('rx ')).length === i + 1,
+        10_000,
+        'rx',
+      );
+      expect(srv.lines.filter((l) => l.startsWith('rx '))[i]).toBe(line);
+    }
+    broker.close();
+    srv.proc.kill('SIGTERM');
+  }, 60_000);
+
+  it('fail/a server that resets mid-upload: the client is cut off within seconds, and no gateway channel stays open', async () => {
+    // A closed channel used to count as a clean half-close: the client saw EOF, its upload hung
+    // forever, and the gateway's channel (and its cap) leaked.
+    const open = async () => {
+      const text = (await d.api<string>('GET', '/metrics', { token: null })).body;
+      return Number(/^broker_gateway_channels_open (\d+)/m.exec(text)?.[1]);
+    };
+    const before = await open();
+    const srv = sdkServer('sdkrst', { MODE: 'rst-after' });
+    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkrst ready');
+    const t = await brokerTunnel('sdkrst');
+    const ended = await new Promise<{ sent: number; how: string }>((resolve) => {
+      const s = createConnection({ host: '127.0.0.1', port: t.port });
+      const chunk = Buffer.alloc(64 * 1024);
+      let sent = 0;
+      const timer = setTimeout(() => resolve({ sent, how: 'still open after 10 s' }), 10_000);
+      s.on('error', () => {});
+      s.on('close', () => {
+        clearTimeout(timer);
+        resolve({ sent, how: 'closed' });
+      });
+      const write = () => {
+        while (sent < 64 * 1024 * 1024 && !s.destroyed) {
+          sent += chunk.length;
+          if (!s.write(chunk)) return void s.once('drain', write);
+        }
+      };
+      write();
+    });
+    expect(ended.how).toBe('closed');
+    expect(ended.sent).toBeLessThan(64 * 1024 * 1024);
+    await until(async () => (await open()) === before, 5000, 'the channels to close');
+    t.proc.kill('SIGKILL');
+    srv.proc.kill('SIGTERM');
+  }, 60_000);
+
   it('ok/stock ssh -N -L with a user token as password; data flows after the key handshake', async () => {
     const reg = await d.api('GET', `/v1/services/${owner}/sdkecho`);
     const port = reg.body.service.port;

@@ -377,13 +377,18 @@ export class Gateway {
     );
   }
 
-  /** Remember a channel so removal and shutdown can close it; `counted` ones use the caps. */
+  /**
+   * Remember a channel so removal and shutdown can close it. `counted` ones are the client's own
+   * channels: they use the caps and close with its connection. The upstream of a forward is not
+   * the connection's to close — its splice ends it once what the client sent has been delivered
+   * (destroying it with the client's connection dropped the tail of an upload).
+   */
   private track(state: ConnState, serviceId: string, ch: Duplex, counted = true): void {
     if (counted) {
       this.channelCount++;
       state.open++;
+      state.channels.add(ch);
     }
-    state.channels.add(ch);
     let set = this.serviceChannels.get(serviceId);
     if (!set) this.serviceChannels.set(serviceId, (set = new Set()));
     set.add(ch);
