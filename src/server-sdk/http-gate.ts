@@ -174,6 +174,7 @@ export class HttpGate {
   ): void {
     socket.on('error', () => socket.destroy());
     void this.principalOf(req).then((principal) => {
+      if (socket.destroyed) return; // the client left during the verify
       if (!principal) {
         socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
         return;

@@ -5,6 +5,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { request as httpsRequest } from 'node:https';
+import { connect as tlsConnect } from 'node:tls';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -313,6 +314,82 @@ describe('broker run --mode https', () => {
     expect(
       await curl(['-H', `Authorization: Bearer ${key}`, `https://localhost:${service.port}/x?y=1`]),
     ).toBe('app saw /x?y=1');
+    p.kill('SIGTERM');
+  });
+
+  it('ok/a client that leaves mid-response, or right after asking for an upgrade, frees the app', async () => {
+    // pipe() passed on neither: the app's response stayed open, blocked, forever; an upgrade
+    // whose client left during the verify still got an app connection, never closed.
+    const p = spawn(
+      process.execPath,
+      [BIN, 'run', 'leaver', '--mode', 'https', '--tunnel', 'none', '--'].concat([
+        process.execPath,
+        join(ROOT, 'test', 'fixtures', 'ws-app.mjs'),
+        '{app_port}',
+      ]),
+      { env: d.env(), stdio: ['ignore', 'pipe', 'ignore'] },
+    );
+    procs.push(p);
+    const lines: string[] = [];
+    p.stdout!.on('data', (c: Buffer) => lines.push(...c.toString().trim().split('\n')));
+    const conns = () =>
+      Number(
+        lines
+          .filter((l) => l.startsWith('conns '))
+          .pop()
+          ?.slice(6) ?? 0,
+      );
+    await until(
+      async () =>
+        (await d.api('GET', `/v1/services/${owner}/leaver`)).body.service?.status === 'ready',
+      20_000,
+      'ready',
+    );
+    const { key, service } = (
+      await d.api('POST', `/v1/services/${owner}/leaver/keys`, { body: { ttlSeconds: 600 } })
+    ).body;
+    await until(() => conns() === 0, 5000, 'the readiness probe to close');
+    // Mid-response: read 1 MiB of an endless body, then hang up.
+    await new Promise<void>((resolve, reject) => {
+      const req = httpsRequest(`https://localhost:${service.port}/inf`, {
+        ca: d.ca,
+        agent: false,
+        headers: { Authorization: `Bearer ${key}` },
+      });
+      req.on('response', (res) => {
+        let n = 0;
+        res.on('data', (c: Buffer) => {
+          if ((n += c.length) < 1 << 20) return;
+          req.destroy();
+          resolve();
+        });
+      });
+      req.on('error', (e) => (req.destroyed ? undefined : reject(e)));
+      req.end();
+    });
+    await until(
+      () => lines.includes('closed /inf finished=false'),
+      5000,
+      "the app's response to close",
+    );
+    await until(() => conns() === 0, 5000, "the app's connection to close");
+    // Upgrades whose client is gone before the gate has verified the key.
+    for (let i = 0; i < 5; i++) {
+      const s = tlsConnect({
+        host: '127.0.0.1',
+        port: service.port,
+        ca: d.ca,
+        servername: 'localhost',
+      });
+      s.on('error', () => {});
+      await new Promise((resolve) => s.once('secureConnect', resolve));
+      s.write(
+        `GET /ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
+      );
+      setImmediate(() => s.destroy());
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await until(() => conns() === 0, 5000, 'every app connection to close');
     p.kill('SIGTERM');
   });
 });

@@ -6,7 +6,7 @@
 import { request as httpRequest } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import { connect as netConnect } from 'node:net';
-import type { Duplex } from 'node:stream';
+import { pipeline, type Duplex } from 'node:stream';
 import { splice } from '../../protocol/splice.js';
 import type { BrokerService } from '../../server-sdk/service.js';
 
@@ -39,12 +39,19 @@ export function httpsFront(svc: BrokerService, app: AppTarget): Server {
       },
       (upRes) => {
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-        upRes.pipe(res);
+        // Either side failing ends both: an app that dies mid-response resets the client's
+        // response (not a silent, truncated 200), a client that leaves frees the app's.
+        pipeline(upRes, res, () => {});
       },
     );
     up.on('error', () => {
-      if (!res.headersSent) res.writeHead(502, { 'Content-Type': 'text/plain' });
+      if (res.headersSent) return void res.destroy();
+      res.writeHead(502, { 'Content-Type': 'text/plain' });
       res.end('the app is not answering\n');
+    });
+    // A client gone before the response ended (mid-upload, or waiting) aborts the app's request.
+    res.once('close', () => {
+      if (!res.writableFinished) up.destroy();
     });
     // A request without a body (most are) ends at once; pipe() would wait a tick for its 'end'.
     if (
@@ -58,7 +65,10 @@ export function httpsFront(svc: BrokerService, app: AppTarget): Server {
     gate.upgrade(req, socket, head, (r, s, h) => {
       const up =
         'path' in app ? netConnect(app.path) : netConnect({ host: '127.0.0.1', port: app.port });
+      const hungUp = () => up.destroy();
+      s.once('close', hungUp); // the client may leave while the app connection is being made
       up.once('connect', () => {
+        s.off('close', hungUp);
         const lines = [`${r.method} ${r.url} HTTP/1.1`];
         for (let i = 0; i < r.rawHeaders.length; i += 2)
           lines.push(`${r.rawHeaders[i]}: ${r.rawHeaders[i + 1]}`);
