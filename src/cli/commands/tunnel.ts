@@ -130,9 +130,15 @@ Examples:
         const stream = await connect(broker, name);
         broker.close();
         await new Promise<void>((resolve) => {
+          const out = io.stdout as unknown as NodeJS.WritableStream;
           io.stdin.pipe(stream);
-          stream.pipe(io.stdout as unknown as NodeJS.WritableStream);
+          stream.pipe(out);
           io.stdin.once('end', () => stream.end());
+          // Whoever read our stdout went away (EPIPE): stop quietly, like a filter in a pipeline.
+          out.on('error', () => {
+            stream.destroy();
+            stream.resume(); // an ssh2 channel only closes once what it holds is read
+          });
           stream.once('close', () => resolve());
         });
         return 0;
