@@ -14,6 +14,23 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, Daemon, ROOT, issuedSecrets } from '../helpers/daemon.js';
 import { until } from '../helpers/wait.js';
 
+/**
+ * SIGTERM first: `broker run` passes it to its app and unregisters, where SIGKILL would orphan
+ * the app (a test that failed midway used to leave its app running). SIGKILL after 3 s.
+ */
+async function stopAll(procs: ChildProcess[]): Promise<void> {
+  await Promise.all(
+    procs.map(async (p) => {
+      if (p.exitCode !== null || p.signalCode !== null) return;
+      const gone = new Promise((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      const timer = setTimeout(() => p.kill('SIGKILL'), 3000);
+      await gone;
+      clearTimeout(timer);
+    }),
+  );
+}
+
 const ECHO = join(ROOT, 'examples', 'python-echo', 'echo_server.py');
 const tmp = mkdtempSync(join(tmpdir(), 'broker-run-'));
 
@@ -77,7 +94,7 @@ describe('broker run', () => {
     owner = (await d.api('GET', '/v1/whoami')).body.principal.name;
   });
   afterAll(async () => {
-    for (const p of procs) p.kill('SIGKILL');
+    await stopAll(procs);
     await d.stop();
   });
 
@@ -189,7 +206,7 @@ describe('broker run --mode https', () => {
     writeFileSync(caFile, d.ca);
   });
   afterAll(async () => {
-    for (const p of procs) p.kill('SIGKILL');
+    await stopAll(procs);
     await d.stop();
   });
 
