@@ -390,6 +390,32 @@ describe('broker run --mode https', () => {
       "the app's response to close",
     );
     await until(() => conns() === 0, 5000, "the app's connection to close");
+    // The other way round: an app that dies mid-response leaves curl with an error, not a
+    // truncated 200 it cannot tell from a whole one, nor a transfer that never ends.
+    const died = await new Promise<{ code: number | null; bytes: string }>((resolve) =>
+      execFile(
+        'curl',
+        [
+          '-sS',
+          '--max-time',
+          '10',
+          '--cacert',
+          caFile,
+          '-H',
+          `Authorization: Bearer ${key}`,
+        ].concat([
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{size_download}',
+          `https://localhost:${service.port}/die`,
+        ]),
+        (e, out) => resolve({ code: e ? Number(e.code) : 0, bytes: out }),
+      ),
+    );
+    expect(died.code).not.toBe(0);
+    expect(died.code).not.toBe(28); // not a timeout: the failure reached the client
+    expect(Number(died.bytes)).toBeLessThan(10 << 20);
     // Upgrades whose client is gone before the gate has verified the key.
     for (let i = 0; i < 5; i++) {
       const s = tlsConnect({

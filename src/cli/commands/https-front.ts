@@ -6,7 +6,7 @@
 import { request as httpRequest } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import { connect as netConnect } from 'node:net';
-import { pipeline, type Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { splice } from '../../protocol/splice.js';
 import type { BrokerService } from '../../server-sdk/service.js';
 
@@ -39,9 +39,12 @@ export function httpsFront(svc: BrokerService, app: AppTarget): Server {
       },
       (upRes) => {
         res.writeHead(upRes.statusCode ?? 502, upRes.headers);
-        // Either side failing ends both: an app that dies mid-response resets the client's
-        // response (not a silent, truncated 200), a client that leaves frees the app's.
-        pipeline(upRes, res, () => {});
+        upRes.pipe(res);
+        // An app that dies mid-response resets the client's response: not a silent, truncated
+        // 200. (The other way is the 'close' below.) pipeline() does both but cost 30 % of req/s.
+        upRes.once('close', () => {
+          if (!upRes.complete) res.destroy();
+        });
       },
     );
     up.on('error', () => {
@@ -49,7 +52,8 @@ export function httpsFront(svc: BrokerService, app: AppTarget): Server {
       res.writeHead(502, { 'Content-Type': 'text/plain' });
       res.end('the app is not answering\n');
     });
-    // A client gone before the response ended (mid-upload, or waiting) aborts the app's request.
+    // A client gone before its response ended (waiting, mid-upload, mid-download) aborts the
+    // app's request and frees its connection.
     res.once('close', () => {
       if (!res.writableFinished) up.destroy();
     });
