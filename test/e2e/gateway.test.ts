@@ -313,6 +313,33 @@ describe('SSH gateway end to end', () => {
     srv.proc.kill('SIGTERM');
   }, 60_000);
 
+  it('ok/broker connect whose stdout reader goes away stops quietly (no EPIPE crash)', async () => {
+    const srv = sdkServer('sdkpipe', { MODE: 'bytes' });
+    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkpipe ready');
+    const c = spawn(process.execPath, [BIN, 'connect', 'sdkpipe'], {
+      env: { PATH: process.env.PATH, HOME: tmp, ...userEnv() },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    children.push(c);
+    let err = '';
+    c.stderr!.on('data', (x: Buffer) => (err += x.toString()));
+    c.stdin!.on('error', () => {});
+    const exited = new Promise<number | null>((resolve) => c.once('exit', resolve));
+    // Keep the echo coming; drop stdout after its first bytes, like `broker connect … | head -c1`.
+    const chunk = Buffer.alloc(256 * 1024, 97);
+    const feed = setInterval(() => c.stdin!.writable && c.stdin!.write(chunk), 20);
+    await new Promise((resolve) => c.stdout!.once('data', resolve));
+    c.stdout!.destroy();
+    const code = await Promise.race([
+      exited,
+      new Promise((r) => setTimeout(() => r('hung'), 10_000)),
+    ]);
+    clearInterval(feed);
+    expect(code).toBe(0);
+    expect(err).not.toMatch(/EPIPE|Error|at /);
+    srv.proc.kill('SIGTERM');
+  }, 30_000);
+
   it('ok/stock ssh -N -L with a user token as password; data flows after the key handshake', async () => {
     const reg = await d.api('GET', `/v1/services/${owner}/sdkecho`);
     const port = reg.body.service.port;
