@@ -87,6 +87,16 @@ function pump(from: Duplex, to: Duplex, batch: boolean, onBytes?: (n: number) =>
   to.on('drain', () => from.resume());
 }
 
+/**
+ * Close a stream now, losing what it holds. For an ssh2 channel destroy() only sends CLOSE; the
+ * channel emits 'close' (and leaves the gateway's channel count) once its readable side has
+ * ended, so what it still holds is drained too.
+ */
+export function drop(s: Duplex): void {
+  s.destroy();
+  s.resume();
+}
+
 /** `onBytes` is told the size of every chunk carried, either way. */
 export function splice(a: Duplex, b: Duplex, onBytes?: (n: number) => void): void {
   let ended = 0;
@@ -105,14 +115,9 @@ export function splice(a: Duplex, b: Duplex, onBytes?: (n: number) => void): voi
   };
   // When one side closes, the other goes too unless both of its directions are already done:
   // `from` ended badly (reset, error), or `to` still has bytes for `from`, which has nowhere to
-  // put them now — an app that resets mid-upload, a client that vanishes mid-download. An ssh2
-  // channel's destroy() only sends CLOSE; resume() drains what it still holds, so it ends, emits
-  // 'close' and leaves the gateway's channel count.
+  // put them now — an app that resets mid-upload, a client that vanishes mid-download.
   const teardown = (from: Duplex, to: Duplex) => () => {
-    if (!from.readableEnded || from.errored || !to.readableEnded) {
-      to.destroy();
-      to.resume();
-    }
+    if (!from.readableEnded || from.errored || !to.readableEnded) drop(to);
   };
   // splice owns the ends. A socket left with Node's default (allowHalfOpen false) ends its own
   // writable side when its peer half-closes, cutting off whatever the other side still has to

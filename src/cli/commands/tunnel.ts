@@ -126,6 +126,7 @@ Examples:
     .action(
       action(async (io, name: string) => {
         const { connect } = await import('../../client/tunnel.js');
+        const { drop } = await import('../../protocol/splice.js');
         const broker = client(io);
         const stream = await connect(broker, name);
         broker.close();
@@ -135,10 +136,7 @@ Examples:
           stream.pipe(out);
           io.stdin.once('end', () => stream.end());
           // Whoever read our stdout went away (EPIPE): stop quietly, like a filter in a pipeline.
-          out.on('error', () => {
-            stream.destroy();
-            stream.resume(); // an ssh2 channel only closes once what it holds is read
-          });
+          out.on('error', () => drop(stream));
           stream.once('close', () => resolve());
         });
         return 0;
