@@ -269,7 +269,17 @@ try {
     }
   }
 } finally {
-  for (const c of children) c.kill('SIGKILL');
+  // SIGTERM first: `broker run` passes it on to its app; SIGKILL would orphan the app.
+  await Promise.all(
+    children.map(async (c) => {
+      if (c.exitCode !== null || c.signalCode !== null) return;
+      const gone = new Promise((r) => c.once('exit', r));
+      c.kill('SIGTERM');
+      const timer = setTimeout(() => c.kill('SIGKILL'), 3000);
+      await gone;
+      clearTimeout(timer);
+    }),
+  );
   await d.stop();
 }
 line('\n' + JSON.stringify(results));
