@@ -110,6 +110,14 @@ describe('SSH gateway end to end', () => {
     proc.stdout!.on('data', (c: Buffer) => lines.push(...c.toString().trim().split('\n')));
     children.push(proc);
     return { proc, lines };
+  } /** An SDK server that has reported `state ready`. */
+  async function readySdkServer(
+    name: string,
+    extraEnv: Record<string, string>,
+  ): Promise<{ proc: ChildProcess; lines: string[] }> {
+    const srv = sdkServer(name, extraEnv);
+    await until(() => srv.lines.includes('state ready'), 15_000, `${name} ready`);
+    return srv;
   }
 
   /** `broker tunnel NAME --inject-key --json` on a free local port, once it says where. */
@@ -212,8 +220,7 @@ describe('SSH gateway end to end', () => {
     // sending side right after the last byte, while most of the echo is still on its way: no
     // socket on the path may end its own writable side then (splice sets allowHalfOpen; without
     // it 8–20 MiB came back).
-    const srv = sdkServer('sdkbulk', { MODE: 'bytes' });
-    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkbulk ready');
+    const srv = await readySdkServer('sdkbulk', { MODE: 'bytes' });
     const t = await brokerTunnel('sdkbulk');
     const data = randomBytes(24 * 1024 * 1024);
     const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -254,8 +261,7 @@ describe('SSH gateway end to end', () => {
     // The gateway used to destroy the upstream channel together with the client's SSH
     // connection, which the SDK ends as soon as its channel closes — while the tail of the upload
     // was still queued for the server's window: 5.3–7.4 of 8.4 MB arrived, in half the runs.
-    const srv = sdkServer('sdkfirst', { MODE: 'answer-first' });
-    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkfirst ready');
+    const srv = await readySdkServer('sdkfirst', { MODE: 'answer-first' });
     const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
     const data = randomBytes(8 * 1024 * 1024);
     for (let i = 0; i < 3; i++) {
@@ -285,8 +291,7 @@ describe('SSH gateway end to end', () => {
       return Number(/^broker_gateway_channels_open (\d+)/m.exec(text)?.[1]);
     };
     const before = await open();
-    const srv = sdkServer('sdkrst', { MODE: 'rst-after' });
-    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkrst ready');
+    const srv = await readySdkServer('sdkrst', { MODE: 'rst-after' });
     const t = await brokerTunnel('sdkrst');
     const ended = await new Promise<{ sent: number; how: string }>((resolve) => {
       const s = createConnection({ host: '127.0.0.1', port: t.port });
@@ -314,8 +319,7 @@ describe('SSH gateway end to end', () => {
   }, 60_000);
 
   it('ok/broker connect whose stdout reader goes away stops quietly (no EPIPE crash)', async () => {
-    const srv = sdkServer('sdkpipe', { MODE: 'bytes' });
-    await until(() => srv.lines.includes('state ready'), 15_000, 'sdkpipe ready');
+    const srv = await readySdkServer('sdkpipe', { MODE: 'bytes' });
     const c = spawn(process.execPath, [BIN, 'connect', 'sdkpipe'], {
       env: { PATH: process.env.PATH, HOME: tmp, ...userEnv() },
       stdio: ['pipe', 'pipe', 'pipe'],

@@ -138,16 +138,10 @@ describe('HTTPS service behind the SDK gate', () => {
 
   it('ok/one-time login URL → 303 without the key + HttpOnly/Secure/SameSite=Strict cookie; the cookie works; the URL works once', async () => {
     const key = await mintKey(true);
-    const hdrs = await run('curl', [
-      '-sS',
-      '-D',
-      '-',
-      '-o',
-      '/dev/null',
-      '--cacert',
-      caFile,
-      `${base}/lab/tree?x=1&broker_key=${key}`,
-    ]);
+    // The response headers only, of a GET with `extra` curl arguments.
+    const headersOf = (url: string, extra: string[] = []) =>
+      run('curl', ['-sS', '-D', '-', '-o', '/dev/null', '--cacert', caFile, ...extra, url]);
+    const hdrs = await headersOf(`${base}/lab/tree?x=1&broker_key=${key}`);
     expect(hdrs.out).toMatch(/^HTTP\/1\.1 303/);
     expect(hdrs.out).toMatch(/^Location: \/lab\/tree\?x=1\r?$/m);
     const cookie = /^Set-Cookie: (broker_session=[^;]+);(.*)$/m.exec(hdrs.out);
@@ -177,17 +171,9 @@ describe('HTTPS service behind the SDK gate', () => {
     expect(again.out).toBe('401');
     // A percent-encoded parameter name is the same parameter: exchanged and stripped, not passed
     // on to the app (with the cookie, the request would otherwise reach it, key and all).
-    const encoded = await run('curl', [
-      '-sS',
-      '-D',
-      '-',
-      '-o',
-      '/dev/null',
-      '--cacert',
-      caFile,
+    const encoded = await headersOf(`${base}/lab?broker%5F%6Bey=${await mintKey(true)}`, [
       '-H',
       `Cookie: ${cookie![1]}`,
-      `${base}/lab?broker%5F%6Bey=${await mintKey(true)}`,
     ]);
     expect(encoded.out).toMatch(/^HTTP\/1\.1 303/);
     expect(encoded.out).toMatch(/^Location: \/lab\r?$/m);
