@@ -78,6 +78,7 @@ export class KeyService {
       expiresAt,
       usesLeft: req.once ? 1 : null,
       lastUsedAt: null,
+      tokenId: id.tokenId,
     });
     this.d.metrics?.keyIssued();
     this.d.audit.record({
@@ -193,6 +194,7 @@ export class KeyService {
       principal: row!.principal,
       keyId: row!.id,
       expiresAt: new Date(row!.expiresAt).toISOString(),
+      once: row!.usesLeft !== null,
     };
   }
 

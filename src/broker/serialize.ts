@@ -2,6 +2,7 @@
  * Allow-list serializers (SECURITY.md COMP-2): the only way rows leave the broker. Each names
  * the fields it copies, so a hash or secret added to a row can never leak by accident.
  */
+import { serviceHostname } from '../protocol/names.js';
 import type { AuditEvent, Principal, Service, TokenInfo } from '../protocol/types.js';
 import type { AuditRow, KeyRow, PrincipalRow, ServiceRow, TokenRow } from './store/store.js';
 
@@ -18,6 +19,8 @@ export function serviceJson(s: ServiceRow): Service {
     host: s.host,
     port: s.port,
     status: s.status,
+    hostname: serviceHostname(s),
+    exposure: s.exposure,
     createdAt: iso(s.createdAt),
     expiresAt: iso(s.expiresAt),
     lastSeenAt: isoOrNull(s.lastSeenAt),

@@ -112,6 +112,8 @@ export class ServiceRegistry {
         certFingerprint: cert?.fingerprint ?? null,
         certNotAfter: cert?.notAfter.getTime() ?? null,
         labels: req.labels ?? {},
+        tokenId: id.kind === 'principal' ? id.tokenId : null,
+        exposure: req.exposure ?? null,
       },
       { min: config.portMin, max: config.portMax, now, requested: req.port },
     );
@@ -122,7 +124,12 @@ export class ServiceRegistry {
       target: `${row.owner}/${row.name}`,
       outcome: 'ok',
       source,
-      details: { port: row.port, mode, tunnel },
+      details: {
+        port: row.port,
+        mode,
+        tunnel,
+        ...(row.exposure ? { exposure: row.exposure } : {}),
+      },
     });
     return { service: serviceJson(row), serviceToken, ...(cert ? { tls: this.tlsOf(cert) } : {}) };
   }

@@ -5,6 +5,14 @@ export type TunnelKind = 'ssh' | 'none';
 export type ServiceStatus = 'pending' | 'ready' | 'offline';
 export type Role = 'user' | 'admin';
 
+/**
+ * How the app behind a gate can be reached by other local users, as `broker run` reports it
+ * (SECURITY.md LOC-3): `unix-socket` (a socket in a 0700 directory), `private-network` (its own
+ * network namespace), `app-credential` (the app checks a per-run credential the gate presents),
+ * `open` (a loopback port with no check of its own: any local user reaches the app directly).
+ */
+export type AppExposure = 'unix-socket' | 'private-network' | 'app-credential' | 'open';
+
 /** A service as the API returns it: never a secret, never a hash. */
 export interface Service {
   id: string;
@@ -15,6 +23,13 @@ export interface Service {
   host: string;
   port: number;
   status: ServiceStatus;
+  /**
+   * The service's own DNS name (`NAME.OWNER.localhost`, or `svc-ID.localhost`): its certificate
+   * names it and nothing else, so a client checking names reaches this service only (SES-3).
+   */
+  hostname: string;
+  /** How the app behind the gate is exposed on its host; null when not reported. */
+  exposure: AppExposure | null;
   createdAt: string;
   expiresAt: string;
   lastSeenAt: string | null;
@@ -31,6 +46,8 @@ export interface RegisterRequest {
   ttlSeconds?: number;
   csr?: string;
   labels?: Record<string, string>;
+  /** Reported by `broker run`: how the app behind its gate can be reached locally. */
+  exposure?: AppExposure;
 }
 
 export interface RegisterResponse {
@@ -69,8 +86,13 @@ export interface LoadResponse {
   connect: ConnectInfo;
 }
 
+/**
+ * The answer to a presented key. `once` keys are use-limited: a gate must never cache them
+ * (SES-1), every presentation goes to the broker.
+ */
 export type VerifyResponse =
-  { valid: true; principal: string; keyId: string; expiresAt: string } | { valid: false };
+  | { valid: true; principal: string; keyId: string; expiresAt: string; once: boolean }
+  | { valid: false };
 
 export interface QueryResponse {
   services: Service[];

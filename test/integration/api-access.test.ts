@@ -319,12 +319,18 @@ describe('COMP-1: a service token is no oracle and no admin', () => {
   });
 
   // Threat COMP-1 (control): success says valid, principal, keyId, expiresAt and nothing more.
-  it('ok/COMP-1 service B verifies its own key → 200 {valid,principal,keyId,expiresAt}', async () => {
+  it('ok/COMP-1 service B verifies its own key → 200 {valid,principal,keyId,expiresAt,once}', async () => {
     const { key, keyId } = await loadKey(tokens.alice, b);
     const r = await verify(b.serviceToken, key);
     expect(r.status).toBe(200);
-    expect(Object.keys(r.body).sort()).toEqual(['expiresAt', 'keyId', 'principal', 'valid']);
-    expect(r.body).toMatchObject({ valid: true, principal: 'alice', keyId });
+    expect(Object.keys(r.body).sort()).toEqual([
+      'expiresAt',
+      'keyId',
+      'once',
+      'principal',
+      'valid',
+    ]);
+    expect(r.body).toMatchObject({ valid: true, principal: 'alice', keyId, once: false });
   });
 
   const forbidden: { name: string; req: () => [string, string, CallOpts?] }[] = [

@@ -115,6 +115,8 @@ class RegisterCmd implements fc.Command<Model, Real> {
       certFingerprint: null,
       certNotAfter: null,
       labels: {},
+      tokenId: null,
+      exposure: null,
     };
     const policy = { min: MIN, max: MAX, now: m.now, requested: this.requested };
     const register = () => r.store.registerService(row, policy);
@@ -347,6 +349,8 @@ describe('PORT-2: port allocation against a model (fast-check)', () => {
         certFingerprint: null,
         certNotAfter: null,
         labels: {},
+        tokenId: null,
+        exposure: null,
       });
       const policy = (now: number) => ({ min: MIN, max: MAX, now });
       const got = Array.from({ length: 20 }, (_, i) =>

@@ -21,6 +21,7 @@ export const RegisterBody = z
       .record(labelKey, z.string().max(256).refine(isPrintable, 'no control or bidi characters'))
       .refine((l) => Object.keys(l).length <= 16, 'at most 16 labels')
       .optional(),
+    exposure: z.enum(['unix-socket', 'private-network', 'app-credential', 'open']).optional(),
   })
   .strict();
 

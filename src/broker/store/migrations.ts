@@ -86,4 +86,18 @@ export const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX ssh_keys_principal ON ssh_keys(principal);
   `,
+  /* 3: who minted what, and how an app is exposed (issue 11: no way around the key) */ `
+  -- The user token a service was registered with and a key was loaded with: revoking the token
+  -- takes them with it (a credential minted with another never outlives it, SES-2).
+  ALTER TABLE services ADD COLUMN token_id TEXT;
+  ALTER TABLE client_keys ADD COLUMN token_id TEXT;
+  CREATE INDEX services_token ON services(token_id) WHERE token_id IS NOT NULL;
+  CREATE INDEX client_keys_token ON client_keys(token_id) WHERE token_id IS NOT NULL;
+  CREATE INDEX client_keys_principal ON client_keys(principal);
+  -- The Unix user whose listener a tunnel "none" service on the broker host was confirmed on
+  -- (LOC-5), and how broker run reported its app's exposure (LOC-3).
+  ALTER TABLE services ADD COLUMN uid INTEGER;
+  ALTER TABLE services ADD COLUMN exposure TEXT
+    CHECK (exposure IS NULL OR exposure IN ('unix-socket', 'private-network', 'app-credential', 'open'));
+  `,
 ];

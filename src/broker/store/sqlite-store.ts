@@ -58,6 +58,9 @@ const toService = (r: Row): ServiceRow => ({
   certFingerprint: (r.cert_fingerprint as string | null) ?? null,
   certNotAfter: (r.cert_not_after as number | null) ?? null,
   labels: JSON.parse(r.labels as string) as Record<string, string>,
+  tokenId: (r.token_id as string | null) ?? null,
+  uid: (r.uid as number | null) ?? null,
+  exposure: (r.exposure as ServiceRow['exposure']) ?? null,
 });
 
 const toKey = (r: Row): KeyRow => ({
@@ -69,6 +72,7 @@ const toKey = (r: Row): KeyRow => ({
   expiresAt: r.expires_at as number,
   usesLeft: (r.uses_left as number | null) ?? null,
   lastUsedAt: (r.last_used_at as number | null) ?? null,
+  tokenId: (r.token_id as string | null) ?? null,
 });
 
 const toSshKey = (r: Row): SshKeyRow => ({
@@ -178,9 +182,11 @@ export class SqliteStore implements Store {
       dropCooldowns: d.prepare('DELETE FROM port_cooldown WHERE until <= ?'),
       insService:
         d.prepare(`INSERT INTO services (id, owner, name, mode, tunnel, host, port, status, token_hash, ttl_seconds,
-          created_at, expires_at, last_seen_at, heartbeat_at, cert_fingerprint, cert_not_after, labels)
+          created_at, expires_at, last_seen_at, heartbeat_at, cert_fingerprint, cert_not_after, labels,
+          token_id, exposure)
         VALUES (@id, @owner, @name, @mode, @tunnel, @host, @port, @status, @tokenHash, @ttlSeconds,
-          @createdAt, @expiresAt, NULL, NULL, @certFingerprint, @certNotAfter, @labels)`),
+          @createdAt, @expiresAt, NULL, NULL, @certFingerprint, @certNotAfter, @labels,
+          @tokenId, @exposure)`),
       delService: d.prepare('DELETE FROM services WHERE id = ? RETURNING port'),
       coolPort: d.prepare(
         'INSERT INTO port_cooldown (port, until) VALUES (?, ?) ON CONFLICT (port) DO UPDATE SET until = max(until, excluded.until)',
@@ -190,8 +196,8 @@ export class SqliteStore implements Store {
         "UPDATE services SET status = 'offline' WHERE status != 'offline' AND heartbeat_at IS NOT NULL AND heartbeat_at < ? RETURNING *",
       ),
       insKey:
-        d.prepare(`INSERT INTO client_keys (id, hash, service_id, principal, created_at, expires_at, uses_left, last_used_at)
-        VALUES (@id, @hash, @serviceId, @principal, @createdAt, @expiresAt, @usesLeft, NULL)`),
+        d.prepare(`INSERT INTO client_keys (id, hash, service_id, principal, created_at, expires_at, uses_left, last_used_at, token_id)
+        VALUES (@id, @hash, @serviceId, @principal, @createdAt, @expiresAt, @usesLeft, NULL, @tokenId)`),
       keyByHash: d.prepare('SELECT * FROM client_keys WHERE hash = ?'),
       keyById: d.prepare('SELECT * FROM client_keys WHERE id = ?'),
       keysOf: d.prepare(

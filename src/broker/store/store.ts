@@ -4,7 +4,13 @@
  * networked SQL backend (PostgreSQL for several replicas) can implement it later without touching
  * the API layer. Every method is one transaction. Times are epoch milliseconds.
  */
-import type { Role, ServiceMode, ServiceStatus, TunnelKind } from '../../protocol/types.js';
+import type {
+  AppExposure,
+  Role,
+  ServiceMode,
+  ServiceStatus,
+  TunnelKind,
+} from '../../protocol/types.js';
 
 export interface PrincipalRow {
   name: string;
@@ -41,6 +47,11 @@ export interface ServiceRow {
   certFingerprint: string | null;
   certNotAfter: number | null;
   labels: Record<string, string>;
+  /** The user token it was registered with (null: unknown, e.g. registered before version 3). */
+  tokenId: string | null;
+  /** tunnel "none" on the broker host: the UID whose listener `ready` confirmed. */
+  uid: number | null;
+  exposure: AppExposure | null;
 }
 
 export interface KeyRow {
@@ -53,6 +64,8 @@ export interface KeyRow {
   /** null: unlimited; otherwise the verifies left. */
   usesLeft: number | null;
   lastUsedAt: number | null;
+  /** The user token it was loaded with. */
+  tokenId: string | null;
 }
 
 export interface SshKeyRow {
@@ -76,7 +89,7 @@ export interface AuditRow {
   details: Record<string, unknown> | null;
 }
 
-export type NewService = Omit<ServiceRow, 'port' | 'lastSeenAt' | 'heartbeatAt'>;
+export type NewService = Omit<ServiceRow, 'port' | 'lastSeenAt' | 'heartbeatAt' | 'uid'>;
 
 export interface PortPolicy {
   min: number;

@@ -1,0 +1,166 @@
+/**
+ * Who owns a TCP socket on this host. The kernel lists every TCP socket of the network namespace,
+ * with the UID of its owner, in `/proc/net/tcp` and `/proc/net/tcp6` (Documentation/networking/
+ * proc_net_tcp.rst): `sl local_address rem_address st … uid timeout inode`. Addresses are hex:
+ * IPv4 as one 32-bit word and IPv6 as four, each in host byte order (little-endian here), ports
+ * big-endian. That is how loopback connections are attributed to a Unix user (SECURITY.md LOC-5):
+ * the listener behind a port (`broker run`, `ready`), the process behind a local connection
+ * (`broker tunnel --inject-key`, the gateway's pre-auth slots).
+ *
+ * The files are read asynchronously and whole; their size grows with the host's socket count
+ * (≈ 150 bytes a socket), so callers use this where a connection is set up, never per byte.
+ */
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { endianness } from 'node:os';
+
+/** TCP states of include/net/tcp_states.h that matter here. */
+const TCP_ESTABLISHED = '01';
+const TCP_LISTEN = '0A';
+
+/** One row of /proc/net/tcp{,6}. */
+export interface TcpSocketEntry {
+  /** Canonical IP (IPv4-mapped IPv6 folded to IPv4), and port. */
+  local: { address: string; port: number };
+  remote: { address: string; port: number };
+  /** `ESTABLISHED`, `LISTEN` or the kernel's hex state. */
+  state: string;
+  uid: number;
+  inode: number;
+}
+
+const LITTLE = endianness() === 'LE';
+
+/** One 32-bit word of the kernel's hex address, as 4 bytes in network order. */
+function wordBytes(hex8: string): number[] {
+  const b = [0, 2, 4, 6].map((i) => parseInt(hex8.slice(i, i + 2), 16));
+  return LITTLE ? b.reverse() : b;
+}
+
+/** `0100007F` → `127.0.0.1`; 32 hex digits → canonical IPv6 (or IPv4 when v4-mapped). */
+export function decodeProcAddress(hex: string): string {
+  if (hex.length === 8) return wordBytes(hex).join('.');
+  const bytes: number[] = [];
+  for (let i = 0; i < 32; i += 8) bytes.push(...wordBytes(hex.slice(i, i + 8)));
+  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 255 && bytes[11] === 255;
+  if (mapped) return bytes.slice(12).join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
+  return compressIpv6(groups);
+}
+
+/** RFC 5952 text form of eight hex groups. */
+function compressIpv6(groups: string[]): string {
+  let best = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8;) {
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLen && j - i > 1) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  if (best === -1) return groups.join(':');
+  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
+}
+
+/** An address as Node reports it (`::ffff:127.0.0.1`, `::1`, `127.0.0.1`) in canonical form. */
+export function canonicalAddress(address: string): string {
+  const v = address.startsWith('[') ? address.slice(1, -1) : address;
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(v);
+  if (mapped) return mapped[1]!;
+  if (isIP(v) !== 6) return v;
+  // Normalise through the same encoding the kernel uses.
+  const parts = v.toLowerCase().split('::');
+  const head = parts[0] ? parts[0].split(':') : [];
+  const tail = parts.length > 1 && parts[1] ? parts[1].split(':') : [];
+  const groups = [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail].map(
+    (g) => parseInt(g, 16).toString(16),
+  );
+  return compressIpv6(groups);
+}
+
+function parseTable(text: string): TcpSocketEntry[] {
+  const out: TcpSocketEntry[] = [];
+  const lines = text.split('\n');
+  for (let i = 1; i < lines.length; i++) {
+    const f = lines[i]!.trim().split(/\s+/);
+    if (f.length < 10) continue;
+    const [la, lp] = f[1]!.split(':');
+    const [ra, rp] = f[2]!.split(':');
+    const st = f[3]!;
+    out.push({
+      local: { address: decodeProcAddress(la!), port: parseInt(lp!, 16) },
+      remote: { address: decodeProcAddress(ra!), port: parseInt(rp!, 16) },
+      state: st === TCP_LISTEN ? 'LISTEN' : st === TCP_ESTABLISHED ? 'ESTABLISHED' : st,
+      uid: Number(f[7]),
+      inode: Number(f[9]),
+    });
+  }
+  return out;
+}
+
+/**
+ * Every TCP socket of this network namespace, IPv4 and IPv6. Throws when /proc/net/tcp cannot be
+ * read (not Linux, or /proc hidden): callers decide whether that fails closed.
+ */
+export async function tcpSockets(): Promise<TcpSocketEntry[]> {
+  const [v4, v6] = await Promise.all([
+    readFile('/proc/net/tcp', 'latin1'),
+    readFile('/proc/net/tcp6', 'latin1').catch(() => ''),
+  ]);
+  return [...parseTable(v4), ...parseTable(v6)];
+}
+
+/**
+ * The listening sockets on `port` (any address), with their owners. An empty list means nothing
+ * listens there.
+ */
+export async function listenersOn(port: number): Promise<TcpSocketEntry[]> {
+  return (await tcpSockets()).filter((s) => s.state === 'LISTEN' && s.local.port === port);
+}
+
+/**
+ * The UID of the process at the other end of a loopback connection this process holds:
+ * `ours` is our end (`socket.localAddress/localPort`), `theirs` the peer's
+ * (`socket.remoteAddress/remotePort`). The kernel lists the peer's socket with local = theirs and
+ * remote = ours. Null when the peer is not on this host (or already gone).
+ */
+export async function peerUid(
+  ours: { address: string; port: number },
+  theirs: { address: string; port: number },
+): Promise<number | null> {
+  const oa = canonicalAddress(ours.address);
+  const ta = canonicalAddress(theirs.address);
+  for (const s of await tcpSockets()) {
+    if (
+      s.local.port === theirs.port &&
+      s.remote.port === ours.port &&
+      s.local.address === ta &&
+      s.remote.address === oa
+    )
+      return s.uid;
+  }
+  return null;
+}
+
+/** `peerUid` for a connected net.Socket. */
+export function socketPeerUid(socket: {
+  localAddress?: string;
+  localPort?: number;
+  remoteAddress?: string;
+  remotePort?: number;
+}): Promise<number | null> {
+  if (!socket.localAddress || !socket.remoteAddress || !socket.localPort || !socket.remotePort)
+    return Promise.resolve(null);
+  return peerUid(
+    { address: socket.localAddress, port: socket.localPort },
+    { address: socket.remoteAddress, port: socket.remotePort },
+  );
+}
