@@ -59,6 +59,10 @@ export const DEFAULTS = Object.freeze({
   sshAuthTimeoutSeconds: 30,
   sshMaxAuthTries: 3,
   sshMaxUnauthenticated: 64,
+  /** Unauthenticated connections of one source (a local UID, or a remote address) at once. */
+  sshMaxUnauthenticatedPerSource: 8,
+  /** Failed SSH logins one source may make per window before it is refused for a while. */
+  sshMaxAuthFailuresPerSource: 30,
   sshMaxConnections: 1024,
   sshMaxChannelsPerConnection: 64,
   sshMaxChannels: 4096,
@@ -112,6 +116,8 @@ export const ConfigSchema = z
     sshAuthTimeoutSeconds: z.number().int().positive().max(30),
     sshMaxAuthTries: z.number().int().min(1).max(3),
     sshMaxUnauthenticated: z.number().int().positive(),
+    sshMaxUnauthenticatedPerSource: z.number().int().positive(),
+    sshMaxAuthFailuresPerSource: z.number().int().positive(),
     sshMaxConnections: z.number().int().positive(),
     sshMaxChannelsPerConnection: z.number().int().positive(),
     sshMaxChannels: z.number().int().positive(),

@@ -324,9 +324,9 @@ describe('SSH-8: 10,000 garbage connections (default limits)', () => {
     expect(health.length).toBeGreaterThan(3);
     expect(health.filter((h) => !h.ok)).toEqual([]);
 
-    // The unauthenticated count went back down: 50 simultaneous fresh connections (the cap is
-    // 64) each get the gateway's identification line.
-    const probes = Array.from({ length: 50 }, () => rawConnection(gw.port));
+    // The unauthenticated count went back down: as many simultaneous fresh connections as one
+    // source may hold (8 of the 64) each get the gateway's identification line.
+    const probes = Array.from({ length: 8 }, () => rawConnection(gw.port));
     const idents = await Promise.all(probes.map((p) => gotIdent(p.sock)));
     for (const p of probes) p.sock.destroy();
     expect(idents.filter((x) => !x).length).toBe(0);
@@ -422,8 +422,8 @@ describe('SSH-3 / SSH-4 / COMP-5 (tight limits)', () => {
     const events = (await audit(d)).filter((e) => e.actor === 'guesser');
     expect(events.filter((e) => e.action === 'ssh.login')).toEqual([]);
     const refused = events.filter((e) => e.action === 'ssh.auth' && e.outcome === 'refused');
+    // One row per source and window, with a count (LOG-2): three tries, no fourth.
     expect(refused.reduce((n, e) => n + e.count, 0)).toBe(3);
-    expect(Math.max(...refused.map((e) => Number(e.details?.tries)))).toBe(3);
   });
 
   it('SSH-3: unregistered public keys count as tries: no 4th key on one connection', async () => {
