@@ -134,6 +134,8 @@ export class Gateway {
   /** Client channels by service id, so unregistering can close them at once (COMP-5). */
   private readonly serviceChannels = new Map<string, Set<Duplex>>();
   private readonly conns = new Set<ConnState>();
+  /** Every accepted socket, authenticated or not, so shutdown never waits on a silent one. */
+  private readonly sockets = new Set<Socket>();
   private readonly pending = new Map<string, (conn: Connection) => void>();
   private readonly preauth: PreauthSlots;
   private channelCount = 0;
@@ -222,6 +224,8 @@ export class Gateway {
   private async accept(socket: Socket): Promise<void> {
     socket.setNoDelay(true);
     socket.on('error', () => socket.destroy());
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
     const source = canonicalIp(socket.remoteAddress ?? '') ?? 'unknown';
     let sourceKey = `ip:${source}`;
     if (isLoopback(source)) {
@@ -807,8 +811,11 @@ export class Gateway {
     for (const id of [...this.tunnels.keys()]) this.closeTunnel(id, 'broker stopping');
     this.ports.close();
     for (const s of this.conns) s.conn.end();
+    // Connections that never authenticated have nothing to finish.
+    const authenticated = new Set([...this.conns].map((c) => c.socket));
+    for (const s of this.sockets) if (!authenticated.has(s)) s.destroy();
     setTimeout(() => {
-      for (const s of this.conns) s.socket.destroy();
+      for (const s of this.sockets) s.destroy();
     }, 2000).unref();
     await closed;
   }
