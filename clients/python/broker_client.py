@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import ssl
+import stat
 import urllib.parse
 
 __all__ = ["BrokerClient", "BrokerError", "discover_credentials"]
@@ -59,13 +60,48 @@ def _nonempty(value):
     return value if value else None
 
 
+def _who(mode, bits):
+    group, other = mode & bits & 0o070, mode & bits & 0o007
+    return "group and other" if group and other else "group" if group else "other"
+
+
+def _check_private_file(path, st):
+    """FS-5, as ssh's ``sshkey_perm_ok``: a file holding a token must be a regular file owned by
+    the caller (or root) that group and other cannot access at all. Raises BrokerError
+    ``insecure_path`` naming ``path`` and the fix."""
+    if not stat.S_ISREG(st.st_mode):
+        raise BrokerError("insecure_path", f"{path} is not a regular file")
+    if not hasattr(os, "getuid"):  # no Unix users here
+        return
+    uid = os.getuid()
+    if st.st_uid not in (uid, 0):
+        raise BrokerError(
+            "insecure_path",
+            f"{path} holds a token and is owned by uid {st.st_uid}, not by you (uid {uid}): "
+            "another user's file could point you at their broker; run the command as its owner, "
+            "or replace it with a copy of your own (mode 0600)")
+    if st.st_mode & 0o077:
+        raise BrokerError(
+            "insecure_path",
+            f"{path} holds a token and is accessible by {_who(st.st_mode, 0o077)} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+
+
 def _read_json_file(path):
-    """The JSON object in ``path``, or None when the file does not exist."""
+    """The JSON object in the credentials file ``path``, or None when it does not exist. The
+    opened file itself is checked (fstat), so a link is judged by its target and cannot be
+    swapped between the check and the read. Raises BrokerError ``insecure_path`` for a file
+    others can read or write or another user owns, ValueError when it cannot be read or parsed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise ValueError(f"cannot read broker credentials {path}: {e}") from None
+    try:
+        with open(fd, encoding="utf-8") as f:
+            _check_private_file(path, os.fstat(f.fileno()))
+            data = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read broker credentials {path}: {e}") from None
     if not isinstance(data, dict):
@@ -102,6 +138,12 @@ def discover_credentials(url=None, token=None, ca=None):
     ``<state dir>/credentials.json`` with state dir ``$BROKER_DATA`` or ``$XDG_STATE_HOME/broker``
     (default ``~/.local/state/broker``). In the files ``ca`` is a PEM string. An explicit ``ca``
     may be PEM text or a path. Returns ``{"url", "token", "ca_pem"}``; unresolved fields are None.
+
+    A credentials file is opened only while a field is still missing, and used only when it is
+    the caller's (or root's) and group/other cannot access it: otherwise this raises
+    :class:`BrokerError` with ``code == "insecure_path"`` and a message naming the file and the
+    fix (``chmod 600 <path>``), as ssh refuses an unprotected private key. A file that exists
+    but cannot be read or parsed raises ValueError.
     """
     found = {"url": _nonempty(url), "token": _nonempty(token),
              "ca_pem": _ca_pem(ca) if ca else None}
@@ -124,8 +166,9 @@ class BrokerClient:
     """A client of one broker. Missing arguments are found by :func:`discover_credentials`.
 
     ``ca`` may be PEM text or a path. Raises ValueError when no URL or no CA can be found, or the
-    URL is not ``https``. Each call opens its own connection, so one client may be shared by
-    threads. HTTP proxies and redirects are never followed.
+    URL is not ``https``; BrokerError ``insecure_path`` when a credentials file it must read is
+    not private (see :func:`discover_credentials`). Each call opens its own connection, so one
+    client may be shared by threads. HTTP proxies and redirects are never followed.
     """
 
     def __init__(self, url=None, token=None, ca=None, timeout=10.0):
