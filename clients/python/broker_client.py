@@ -23,6 +23,7 @@ import os
 import socket
 import ssl
 import stat
+import time
 import urllib.parse
 
 __all__ = ["BrokerClient", "BrokerError", "discover_credentials"]
@@ -359,21 +360,28 @@ class BrokerClient:
 
 MAX_KEY_LINE_BYTES = 512
 KEY_LINE_TIMEOUT_SECONDS = 10.0
+DRAIN_SECONDS = 0.5  # after DENIED: how long unread input is drained before the close
 
 
 def gate_socket(sock, client, timeout=KEY_LINE_TIMEOUT_SECONDS):
     """Run the key handshake on an accepted socket: read the client's key line (at most 512
-    bytes, within ``timeout`` seconds), verify it with ``client`` (a BrokerClient holding the
-    service token), answer ``OK\\n`` and return ``(principal, leftover_bytes)``; or answer
-    ``DENIED\\n``, close the socket and return ``None``. Bytes the client sent after the key line
-    are returned, not lost. Never raises for a bad client; the key is never logged."""
+    bytes, all of it within ``timeout`` seconds of the call -- one deadline, so a client that
+    dribbles a byte at a time cannot hold the connection), verify it with ``client`` (a
+    BrokerClient holding the service token), answer ``OK\\n`` and return
+    ``(principal, leftover_bytes)``; or answer ``DENIED\\n``, close the socket and return
+    ``None``. Bytes the client sent after the key line are returned, not lost. Never raises for
+    a bad client; the key is never logged."""
     buf = b""
     old_timeout = sock.gettimeout()
+    deadline = time.monotonic() + timeout
     try:
-        sock.settimeout(timeout)
         while b"\n" not in buf:
             if len(buf) > MAX_KEY_LINE_BYTES:
                 raise ValueError("key line too long")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ValueError("no key line in time")
+            sock.settimeout(remaining)
             chunk = sock.recv(MAX_KEY_LINE_BYTES + 1 - len(buf))
             if not chunk:
                 raise ValueError("closed before the key line")
@@ -384,6 +392,7 @@ def gate_socket(sock, client, timeout=KEY_LINE_TIMEOUT_SECONDS):
         answer = client.verify(line.decode("utf-8", "replace").strip())
         if answer.get("valid") is not True:
             raise ValueError("invalid key")
+        sock.settimeout(timeout)
         sock.sendall(b"OK\n")
         sock.settimeout(old_timeout)
         return answer["principal"], rest
@@ -391,11 +400,16 @@ def gate_socket(sock, client, timeout=KEY_LINE_TIMEOUT_SECONDS):
         try:
             sock.sendall(b"DENIED\n")
             # Half-close, then drain briefly: closing with unread input makes the kernel send a
-            # reset, and the client would never read DENIED.
+            # reset, and the client would never read DENIED. "Briefly" is one deadline too, or a
+            # client still dribbling would hold the drain as it held the key line.
             sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(0.5)
+            drain_until = time.monotonic() + DRAIN_SECONDS
             drained = 0
             while drained < 65536:
+                remaining = drain_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
                 chunk = sock.recv(4096)
                 if not chunk:
                     break
