@@ -20,13 +20,15 @@ Typical use::
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import stat
 import time
 import urllib.parse
 
-__all__ = ["BrokerClient", "BrokerError", "discover_credentials"]
+__all__ = ["BrokerClient", "BrokerError", "GatedRequestHandler", "ServiceConnection",
+           "discover_credentials", "gate_socket", "service_hostname"]
 __version__ = "0.1.0"
 
 # Fallback codes when an error response has no parsable body (e.g. a proxy in between).
@@ -199,12 +201,50 @@ class BrokerClient:
 
     def ssl_context(self):
         """A new client SSLContext trusting only the broker CA (TLS >= 1.2, host names checked).
-        Use it to reach ``https`` services whose certificates the broker issued."""
+        For an ``https`` service prefer :meth:`service_ssl_context` or
+        :meth:`service_connection`: they also make sure the certificate is *that* service's."""
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self._ca_pem)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+    def service_ssl_context(self, service):
+        """A client SSLContext for one ``https`` service (SECURITY.md NET-2, SES-3): it trusts
+        only the broker CA, checks the host name, and after each handshake checks that the
+        certificate's common name is the service's ``owner/name`` (the broker puts it in every
+        service certificate), so service A's certificate presented on service B's port is
+        refused even where both carry the same host name. Works for blocking sockets and for
+        asyncio (``ssl=ctx``); pass ``server_hostname=`` :func:`service_hostname` (the
+        service's ``hostname``) when wrapping yourself.
+
+        ``service`` is a service object (``reg["service"]``, ``client.get(name)``,
+        ``loaded["service"]``). Raises ValueError for a ``tcp`` service; a handshake with the
+        wrong certificate raises ``ssl.SSLCertVerificationError``."""
+        expected = _service_identity(service)
+        ctx = self.ssl_context()
+        ctx.sslsocket_class = _ServiceSSLSocket
+        ctx.sslobject_class = _ServiceSSLObject
+        ctx.broker_service = expected
+        return ctx
+
+    def service_connection(self, service, address="127.0.0.1", timeout=None):
+        """An ``http.client.HTTPSConnection`` to one ``https`` service: TCP to
+        ``address:service["port"]`` (loopback by default: the broker publishes services there,
+        and glibc does not resolve ``*.localhost``), TLS checked by :meth:`service_ssl_context`
+        against the service's own name (its ``hostname`` field, ``NAME.OWNER.localhost``),
+        which is also the ``Host`` header. Nothing is sent until you make a request; a wrong
+        certificate then raises ``ssl.SSLCertVerificationError``. Never uses a proxy.
+
+        Example::
+
+            conn = client.service_connection(client.get("alice/nb"))
+            conn.request("GET", "/", headers={"Authorization": f"Bearer {key}"})
+            body = conn.getresponse().read()
+        """
+        ctx = self.service_ssl_context(service)  # checks that it is an https service object
+        return ServiceConnection(service_hostname(service), service["port"], address, ctx,
+                                 self.timeout if timeout is None else timeout)
 
     # -- transport -----------------------------------------------------------------------------
 
@@ -354,6 +394,99 @@ class BrokerClient:
     def revoke_key(self, key_id):
         """Revoke a client key by its ``keyId`` (never by the key itself)."""
         self.request("DELETE", "/v1/keys/" + urllib.parse.quote(key_id, safe=""))
+
+
+# --- Reaching https services (SECURITY.md NET-2, SES-3) ---------------------------------------
+
+# One DNS label in the readable form; the rule of serviceHostname() in src/protocol/names.ts.
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _readable_label(s):
+    return isinstance(s, str) and _DNS_LABEL.fullmatch(s) is not None and s[2:4] != "--"
+
+
+def service_hostname(service, domain="localhost"):
+    """The DNS name a service's certificate carries: its ``hostname`` field when the broker sent
+    one; otherwise computed exactly as the broker does (``serviceHostname`` in
+    src/protocol/names.ts) from ``owner``, ``name`` and ``id``: ``NAME.OWNER.<domain>`` when both
+    are plain DNS labels, else ``svc-<id without "svc_">.<domain>``.
+
+    >>> service_hostname({"owner": "alice", "name": "viz", "id": "svc_0123456789abcdef"})
+    'viz.alice.localhost'
+    """
+    if isinstance(service.get("hostname"), str) and service["hostname"]:
+        return service["hostname"]
+    owner, name, sid = service["owner"], service["name"], service["id"]
+    if _readable_label(name) and _readable_label(owner):
+        label = f"{name}.{owner}"
+    else:
+        label = "svc-" + (sid[4:] if sid.startswith("svc_") else sid)
+    return f"{label}.{domain}"
+
+
+def _service_identity(service):
+    """``owner/name`` of an https service object (what its certificate's CN must be)."""
+    if not isinstance(service, dict) or not {"owner", "name", "port"} <= service.keys():
+        raise ValueError("expected a service object with owner, name and port "
+                         "(reg['service'], client.get(name) or loaded['service'])")
+    if service.get("mode", "https") != "https":
+        raise ValueError(f"{service['owner']}/{service['name']} is a {service['mode']} service: "
+                         "it has no certificate (use the key line handshake)")
+    return f"{service['owner']}/{service['name']}"
+
+
+def _check_service_certificate(tls):
+    """After a handshake on a :meth:`BrokerClient.service_ssl_context` context: the peer's
+    certificate must name exactly the expected service as its CN."""
+    expected = getattr(tls.context, "broker_service", None)
+    if expected is None:
+        return
+    cert = tls.getpeercert() or {}
+    names = [v for rdn in cert.get("subject", ()) for (k, v) in rdn if k == "commonName"]
+    if names != [expected]:
+        got = ascii(", ".join(names))[1:-1][:80] or "no common name"
+        message = f"the certificate is for {got}, not for the service {expected}"
+        err = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] {message}")
+        err.verify_code, err.verify_message = 62, message  # X509_V_ERR_HOSTNAME_MISMATCH
+        err.library, err.reason = "SSL", "CERTIFICATE_VERIFY_FAILED"
+        raise err
+
+
+class _ServiceSSLSocket(ssl.SSLSocket):
+    """SSLSocket that checks the service identity once the handshake is done."""
+
+    def do_handshake(self, block=False):
+        super().do_handshake(block)
+        _check_service_certificate(self)
+
+
+class _ServiceSSLObject(ssl.SSLObject):
+    """The same for memory-BIO TLS (asyncio)."""
+
+    def do_handshake(self):
+        super().do_handshake()
+        _check_service_certificate(self)
+
+
+class ServiceConnection(http.client.HTTPSConnection):
+    """An HTTPSConnection that connects to ``address`` but verifies, and sends as ``Host``, the
+    service's own name. Made by :meth:`BrokerClient.service_connection`."""
+
+    def __init__(self, hostname, port, address, context, timeout):
+        super().__init__(hostname, port, timeout=timeout, context=context)
+        self.address = address
+        self._service_context = context
+
+    def connect(self):
+        sock = socket.create_connection((self.address, self.port), self.timeout,
+                                        self.source_address)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = self._service_context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
 
 # --- Gating a Python server (DESIGN §7) -------------------------------------------------------
