@@ -7,12 +7,14 @@ body -- never in a URL -- and this module never logs anything.
 
 Typical use::
 
+    import socket
     from broker_client import BrokerClient, BrokerError
 
     client = BrokerClient()                    # credentials discovered as the CLI does
     reg = client.register("viz", tunnel="none")
+    listener = socket.create_server((reg["service"]["host"], reg["service"]["port"]))
     svc = client.with_token(reg["serviceToken"])   # what the server process uses
-    svc.ready("viz")
+    svc.ready("viz")                           # the broker checks that something listens
     key = client.load("viz")["key"]
     assert svc.is_valid(key)
 """
