@@ -60,6 +60,11 @@ export class BrokerClient {
   private readonly timeoutMs: number;
   private who: Promise<WhoAmI> | null = null;
 
+  /**
+   * Discovers url, token and CA (DESIGN §3) for whatever `opts` leaves out.
+   * @throws BrokerError `insecure_path` when a credentials file it has to read is readable or
+   *   writable by group/other or belongs to another user (FS-5); the message gives the fix.
+   */
   constructor(opts: BrokerClientOptions = {}) {
     this.credentials = discoverCredentials(opts);
     this.timeoutMs = opts.timeoutMs ?? 10_000;
