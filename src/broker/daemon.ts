@@ -13,7 +13,7 @@ import { AuditLog } from './audit.js';
 import { Authenticator, PrincipalCache } from './auth.js';
 import { ChangeFeed } from './changes.js';
 import { checkCsr } from './ca/csr.js';
-import { LocalCA } from './ca/local-ca.js';
+import { LocalCA, type CaNameConstraints } from './ca/local-ca.js';
 import { systemClock, type Clock } from './clock.js';
 import { splitHostPort, type Config } from './config.js';
 import { KeyService } from './keys.js';
@@ -96,6 +96,26 @@ function bootstrapAdminName(): string {
   return 'admin';
 }
 
+/**
+ * What the broker CA may name (SES-3): loopback and `*.localhost` (the services and the API on
+ * this host), the API's own names, and the site's service domain. Nothing else verifies under it.
+ */
+export function caConstraints(
+  config: Config,
+  publicHost: string,
+  listenHost: string | null,
+): CaNameConstraints {
+  const dnsNames = new Set(['localhost']);
+  const ipRanges = new Set(['127.0.0.0/8', '::1/128']);
+  for (const h of [publicHost, listenHost, config.serviceDomain]) {
+    if (!h) continue;
+    const ip = canonicalIp(h);
+    if (ip) ipRanges.add(ip.includes(':') ? `${ip}/128` : `${ip}/32`);
+    else dnsNames.add(h.toLowerCase());
+  }
+  return { dnsNames: [...dnsNames], ipRanges: [...ipRanges] };
+}
+
 function urlHost(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
@@ -119,15 +139,19 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       'store open',
     );
 
-    const ca = await LocalCA.open(dir, {
-      minSeconds: config.certMinLifetimeSeconds,
-      defaultSeconds: config.certDefaultLifetimeSeconds,
-      maxSeconds: config.certMaxLifetimeSeconds,
-    });
     const listen = splitHostPort(config.listen);
     const ssh = splitHostPort(config.sshListen);
     const wildcard = listen.host === '0.0.0.0' || listen.host === '::';
     const publicHost = config.publicHost ?? (wildcard ? '127.0.0.1' : listen.host);
+    const ca = await LocalCA.open(
+      dir,
+      {
+        minSeconds: config.certMinLifetimeSeconds,
+        defaultSeconds: config.certDefaultLifetimeSeconds,
+        maxSeconds: config.certMaxLifetimeSeconds,
+      },
+      { constraints: caConstraints(config, publicHost, wildcard ? null : listen.host) },
+    );
 
     const audit = new AuditLog(store, clock, (err) => log.error({ err }, 'audit write failed'));
     // Every change of identity or registry that live state must follow (SES-2): the caches, the

@@ -4,6 +4,7 @@
  */
 import { BrokerError } from '../protocol/errors.js';
 import { secretKind } from '../protocol/tokens.js';
+import { serviceHostname } from '../protocol/names.js';
 import type { ConnectInfo, LoadRequest, LoadResponse, VerifyResponse } from '../protocol/types.js';
 import type { AuditLog } from './audit.js';
 import { actorOf, type Identity, type PrincipalCache } from './auth.js';
@@ -127,7 +128,7 @@ export class KeyService {
         : {}),
     };
     if (s.mode === 'tcp') info.netcat = `(echo "$BROKER_KEY"; cat) | nc 127.0.0.1 ${s.port}`;
-    else info.url = `https://localhost:${s.port}/`;
+    else info.url = `https://${serviceHostname(s)}:${s.port}/`;
     return info;
   }
 

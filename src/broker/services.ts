@@ -19,6 +19,7 @@ import {
   type TcpSocketEntry,
 } from '../host/socket-owner.js';
 import { hashSecret, newId, newSecret } from './secrets.js';
+import { serviceHostname } from '../protocol/names.js';
 import { serviceJson } from './serialize.js';
 import type { ServiceRow, Store } from './store/store.js';
 import type { CsrCheck } from './ca/csr.js';
@@ -113,10 +114,13 @@ export class ServiceRegistry {
     const spki = req.csr !== undefined ? await this.d.csr(req.csr) : undefined;
     // Issued before the insert (everything it needs is known), so the registration and its
     // certificate are one transaction and nothing needs undoing if issuing fails.
-    const cert = mode === 'https' ? await this.issue(caller.name, req.name, host, spki) : null;
     const now = clock.now();
     const serviceToken = newSecret('service');
     const sid = newId('svc');
+    const cert =
+      mode === 'https'
+        ? await this.issue({ owner: caller.name, name: req.name, id: sid }, spki)
+        : null;
     // The service token ends no later than the token that registered it (SES-2).
     const expiresAt = Math.min(now + ttlSeconds * 1000, who.tokenExpiresAt ?? Infinity);
     if (expiresAt <= now) throw new BrokerError('unauthenticated', 'your token has expired');
@@ -223,16 +227,21 @@ export class ServiceRegistry {
     }
   }
 
-  /** A service certificate under broker policy: the broker chooses names and lifetime. */
+  /**
+   * A service certificate under broker policy: the broker chooses names and lifetime (COMP-3).
+   * It names the service's own host name and nothing else — no `localhost`, no address — so a
+   * client that checks only the CA and the host name reaches no other service with it (SES-3).
+   */
   private issue(
-    owner: string,
-    name: string,
-    host: string,
+    s: { owner: string; name: string; id: string },
     spki: ArrayBuffer | undefined,
   ): Promise<IssuedCertificate> {
+    const dnsNames = [serviceHostname(s)];
+    if (this.d.config.serviceDomain) dnsNames.push(serviceHostname(s, this.d.config.serviceDomain));
     return this.d.signer.issue({
-      commonName: `${owner}/${name}`,
-      ...this.certNames(host),
+      commonName: `${s.owner}/${s.name}`,
+      dnsNames,
+      ipAddresses: [],
       usage: 'server',
       publicKeySpki: spki,
     });
@@ -266,7 +275,7 @@ export class ServiceRegistry {
         `${owner}/${name} is a tcp service; it has no certificate`,
       );
     const spki = csr !== undefined ? await this.d.csr(csr) : undefined;
-    const cert = await this.issue(s.owner, s.name, s.host, spki);
+    const cert = await this.issue(s, spki);
     const service = this.d.store.updateService(s.id, {
       certFingerprint: cert.fingerprint,
       certNotAfter: cert.notAfter.getTime(),
@@ -274,17 +283,6 @@ export class ServiceRegistry {
     if (!service) throw notFound(owner, name);
     this.auditCert(service, cert, spki !== undefined);
     return { service: serviceJson(service), tls: this.tlsOf(cert) };
-  }
-
-  /** SANs for a service certificate: chosen by the broker, never by the caller (COMP-3). */
-  private certNames(host: string): { dnsNames: string[]; ipAddresses: string[] } {
-    const dns = new Set(['localhost']);
-    const ips = new Set(['127.0.0.1', '::1']);
-    if (canonicalIp(host)) ips.add(canonicalIp(host)!);
-    const pub = this.d.publicHost;
-    if (canonicalIp(pub)) ips.add(canonicalIp(pub)!);
-    else dns.add(pub);
-    return { dnsNames: [...dns], ipAddresses: [...ips] };
   }
 
   /**

@@ -282,11 +282,6 @@ class DaemonServiceIdentityTest(unittest.TestCase):
             with self.assertRaises(ssl.SSLCertVerificationError):
                 self.client.ssl_context().wrap_socket(raw, server_hostname=self.b["hostname"])
 
-    # PENDING THE CA CHANGE (issue 11, another branch): service certificates still name only
-    # localhost/127.0.0.1 here, so B's own certificate fails the check of B's host name. Remove
-    # this marker when certificates name the service's `hostname`: unittest then reports an
-    # "unexpected success" as a failure until it is removed.
-    @unittest.expectedFailure
     def test_ok_b_certificate_on_b_port_is_accepted_by_its_host_name(self):
         self.serve_on_b(self.reg_b, "b-on-b")
         self.assertEqual(get(self.client.service_connection(self.b)), (200, b"hello"))
