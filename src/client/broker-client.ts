@@ -363,6 +363,14 @@ export class BrokerClient {
     return this.request('POST', '/v1/verify', { key });
   }
 
+  /**
+   * Which of these key ids of this service (service token) still hold: for the sessions and
+   * connections a server opened with keys (SES-1). At most 1000 ids a call.
+   */
+  async liveKeys(keyIds: string[]): Promise<string[]> {
+    return (await this.request<{ live: string[] }>('POST', '/v1/verify/live', { keyIds })).live;
+  }
+
   async listPrincipals(): Promise<Principal[]> {
     return (await this.request<{ principals: Principal[] }>('GET', '/v1/principals')).principals;
   }

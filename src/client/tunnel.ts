@@ -12,6 +12,7 @@ import { splice } from '../protocol/splice.js';
 import type { LoadRequest, LoadResponse } from '../protocol/types.js';
 import type { BrokerClient } from './broker-client.js';
 import { gatewayInfo, sshConnect } from './ssh.js';
+import { PeerUidLookup } from '../host/socket-owner.js';
 
 /** Where a loaded service is reached from the gateway. */
 function destination(l: LoadResponse): { host: string; port: number } {
@@ -115,13 +116,20 @@ export interface TunnelOptions {
   localPort?: number;
   /** Local address to listen on (default 127.0.0.1). */
   localHost?: string;
-  /** Send the key first on every local connection (for clients that know nothing of keys). */
+  /**
+   * Send the key first on every local connection (for clients that know nothing of keys) —
+   * only for connections from this Unix user's own processes, attributed by the kernel's socket
+   * table: any other local user gets `DENIED` (LOC-5). Needs a loopback `localHost`.
+   */
   injectKey?: boolean;
   /** Key request options (TTL); a key is minted per tunnel. */
   load?: LoadRequest;
 }
 
-/** A running local forward. Emits `connection` (per local client), `error`, `close`. */
+/**
+ * A running local forward. Emits `connection` (per local client), `refused` (`{uid}`: another
+ * user's connection to an `injectKey` tunnel), `error`, `close`.
+ */
 export class Tunnel extends EventEmitter {
   constructor(
     readonly localPort: number,
@@ -162,14 +170,32 @@ export async function openTunnel(
     gatewayInfo(broker),
     principalName(broker),
   ]);
+  const localHost = opts.localHost ?? '127.0.0.1';
+  if (opts.injectKey && !/^(127\.|::1$|localhost$)/.test(localHost))
+    throw new BrokerError(
+      'validation_failed',
+      '--inject-key sends your key for every connection: it only listens on loopback (127.0.0.1)',
+    );
   const ssh = await sshConnect(g, user, broker.credentials.token!);
   const dest = destination(loaded);
+  const me = process.getuid?.() ?? -1;
+  const peers = opts.injectKey ? new PeerUidLookup() : null;
   // eslint-disable-next-line prefer-const -- assigned once the listener knows its port, used by its handler
   let tunnel: Tunnel;
-  const server = createServer((local: Socket) => {
+  const server = createServer(async (local: Socket) => {
     local.setNoDelay(true);
     local.on('error', () => local.destroy());
     local.pause();
+    if (peers) {
+      // The key goes only to this user's own processes; whoever the kernel cannot attribute to
+      // us is refused like a wrong key (LOC-5).
+      const uid = await peers.lookup(local);
+      if (uid !== me) {
+        local.end('DENIED\n');
+        tunnel.emit('refused', { uid });
+        return;
+      }
+    }
     forward(ssh, dest, { host: '127.0.0.1', port: local.remotePort ?? 0 })
       .then(async (ch) => {
         if (opts.injectKey) await handshake(ch, loaded.key);
@@ -192,7 +218,7 @@ export async function openTunnel(
         ),
       );
     });
-    server.listen(opts.localPort ?? 0, opts.localHost ?? '127.0.0.1', () => resolve());
+    server.listen(opts.localPort ?? 0, localHost, () => resolve());
   });
   tunnel = new Tunnel((server.address() as { port: number }).port, loaded, server, ssh);
   ssh.on('close', () => {

@@ -7,10 +7,19 @@
 import type { Socket } from 'node:net';
 import { KEY_LINE_TIMEOUT_MS, MAX_KEY_LINE_BYTES } from '../protocol/constants.js';
 import type { VerifyResponse } from '../protocol/types.js';
+import { KeyWatch, type LiveKeys } from './key-watch.js';
 
 export interface GateOptions {
   /** Ask the broker about a key (normally `client.verify.bind(client)` with a service token). */
   verify: (key: string) => Promise<VerifyResponse>;
+  /**
+   * Which of these key ids still hold (normally `client.liveKeys`): a connection ends when the
+   * key it was opened with is revoked or expires, or its principal loses access (re-checked every
+   * 5 s, SES-2). Ignored when `keyWatch` is given.
+   */
+  live?: LiveKeys;
+  /** A shared watch (one broker request per interval for every gate of a service). */
+  keyWatch?: KeyWatch;
   timeoutMs?: number;
   maxLineBytes?: number;
   /** Called for every refusal, with a reason (never the key). */
@@ -30,6 +39,7 @@ export type GatedHandler = (socket: Socket, who: { principal: string; keyId: str
 export function gate(handler: GatedHandler, opts: GateOptions): (socket: Socket) => void {
   const timeoutMs = opts.timeoutMs ?? KEY_LINE_TIMEOUT_MS;
   const maxLine = opts.maxLineBytes ?? MAX_KEY_LINE_BYTES;
+  const keyWatch = opts.keyWatch ?? (opts.live ? new KeyWatch({ live: opts.live }) : null);
   return (socket) => {
     socket.setNoDelay(true);
     let buf: Buffer = Buffer.alloc(0);
@@ -65,6 +75,11 @@ export function gate(handler: GatedHandler, opts: GateOptions): (socket: Socket)
           if (!r.valid) return deny('invalid key');
           settled = true;
           cleanup();
+          if (keyWatch)
+            socket.once(
+              'close',
+              keyWatch.watch(r.keyId, () => socket.destroy()),
+            );
           socket.write('OK\n');
           if (rest.length) socket.unshift(rest);
           handler(socket, { principal: r.principal, keyId: r.keyId });

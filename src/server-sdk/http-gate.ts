@@ -1,27 +1,49 @@
 /**
  * The HTTPS gate (DESIGN §7) for express or plain node:http servers: a request passes with
  * `Authorization: Bearer <key>`, or with a session cookie obtained through a one-time login URL
- * `…/?broker_key=<key>`, which is exchanged for an `HttpOnly; Secure; SameSite=Strict` cookie
- * bound to a server-side session and answered with a redirect to the same URL without the key.
- * WebSocket upgrades are checked the same way. The key is removed from `req.url` before anything
- * else sees it, so it never reaches a logged URL.
+ * `…/?broker_key=<key>`, which is exchanged for a cookie bound to a server-side session and
+ * answered with a redirect to the same URL without the key. WebSocket upgrades are checked the
+ * same way. The key is removed from `req.url` before anything else sees it, so it never reaches a
+ * logged URL.
  *
- * Positive verifies are cached for `cacheMs` (default 5 s): a revoked key keeps working on this
- * server for at most that long. Sessions live `sessionTtlMs` (default 12 h) or until the key that
- * opened them expires, whichever is first.
+ * Sessions (SECURITY.md SES-1):
+ * - The cookie is `__Host-broker_session` (`HttpOnly; Secure; SameSite=Strict; Path=/`, no
+ *   Domain): the browser keeps it to the host that set it, and every service has a host name of
+ *   its own (`NAME.OWNER.localhost`), so one service's session is never sent to another, nor to
+ *   another user's page on `localhost`. A session lives only in the gate that made it.
+ * - A one-time key is never cached: every presentation, as a bearer or a login URL, goes to the
+ *   broker, which lets it through once. A login URL is always checked with the broker.
+ * - A session, or an upgraded connection, made from a key ends when the key does: revoked,
+ *   expired, its principal disabled or no longer allowed. With `live` (or `keyWatch`) the gate
+ *   re-checks the keys behind its sessions every `recheckMs` (default 5 s).
+ * - A positive verify of a multi-use bearer key is reused for `cacheMs` (default 1 s).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import type { VerifyResponse } from '../protocol/types.js';
+import { KeyWatch, type LiveKeys } from './key-watch.js';
 
 export interface HttpGateOptions {
   verify: (key: string) => Promise<VerifyResponse>;
-  /** How long a positive verify is reused (the revocation delay). */
+  /**
+   * Which of these key ids still hold (normally the service client's `liveKeys`): sessions and
+   * upgraded connections end with their key. Ignored when `keyWatch` is given.
+   */
+  live?: LiveKeys;
+  /** A shared watch (one broker request per interval for every gate of a service). */
+  keyWatch?: KeyWatch;
+  /** How often the keys behind sessions are re-checked with `live`, in ms (default 5000). */
+  recheckMs?: number;
+  /** How long a positive verify of a multi-use key is reused, in ms (default 1000). */
   cacheMs?: number;
+  /** Longest session, in ms (default 12 h); never longer than its key. */
   sessionTtlMs?: number;
+  /** Default `__Host-broker_session`. */
   cookieName?: string;
+  /** Sessions held at most; the oldest go first (default 100,000). */
+  maxSessions?: number;
   /**
    * mTLS: principals whose broker-issued client certificate (CN = principal) lets them in
    * without a key. The TLS layer (tlsOptions with requireClientCert) has already checked that the
@@ -35,27 +57,49 @@ export interface GatedRequest extends IncomingMessage {
   brokerPrincipal?: string;
 }
 
-type Who = { principal: string; expiresAt: number };
+/** Who a request is, and through which key (null for a client certificate). */
+export interface GateIdentity {
+  principal: string;
+  keyId: string | null;
+}
+
+type Who = GateIdentity & { expiresAt: number; once: boolean };
+type Session = Who & { unwatch: () => void };
 
 const LOGIN_PARAM = 'broker_key';
 
+/** The session cookie's name: `__Host-` keeps it to the host that set it (RFC 6265bis §4.1.3.2). */
+export const SESSION_COOKIE = '__Host-broker_session';
+
 export class HttpGate {
   private readonly cache = new Map<string, { at: number; who: Who }>();
-  private readonly sessions = new Map<string, Who>();
+  private readonly sessions = new Map<string, Session>();
   private readonly cacheMs: number;
   private readonly sessionTtlMs: number;
+  private readonly maxSessions: number;
+  private readonly keyWatch: KeyWatch | null;
   readonly cookieName: string;
 
   constructor(private readonly opts: HttpGateOptions) {
-    this.cacheMs = opts.cacheMs ?? 5000;
+    this.cacheMs = opts.cacheMs ?? 1000;
     this.sessionTtlMs = opts.sessionTtlMs ?? 12 * 3600e3;
-    this.cookieName = opts.cookieName ?? 'broker_session';
+    this.maxSessions = opts.maxSessions ?? 100_000;
+    this.cookieName = opts.cookieName ?? SESSION_COOKIE;
+    this.keyWatch =
+      opts.keyWatch ??
+      (opts.live ? new KeyWatch({ live: opts.live, intervalMs: opts.recheckMs }) : null);
   }
 
-  private async check(key: string): Promise<Who | null> {
+  /** Sessions held now. */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  /** Verify a key; `fresh` skips the cache (login URLs). One-time keys are never cached. */
+  private async check(key: string, fresh = false): Promise<Who | null> {
     const h = createHash('sha256').update(key).digest('hex');
     const now = Date.now();
-    const hit = this.cache.get(h);
+    const hit = fresh ? undefined : this.cache.get(h);
     if (hit && now - hit.at < this.cacheMs && hit.who.expiresAt > now) return hit.who;
     let r: VerifyResponse;
     try {
@@ -67,26 +111,58 @@ export class HttpGate {
       this.cache.delete(h);
       return null;
     }
-    const who = { principal: r.principal, expiresAt: Date.parse(r.expiresAt) };
-    if (this.cache.size > 10_000) this.cache.clear();
-    this.cache.set(h, { at: now, who });
+    const who: Who = {
+      principal: r.principal,
+      keyId: r.keyId,
+      expiresAt: Date.parse(r.expiresAt),
+      once: r.once === true,
+    };
+    if (!who.once && this.cacheMs > 0) {
+      if (this.cache.size > 10_000) this.cache.clear();
+      this.cache.set(h, { at: now, who });
+    }
     return who;
   }
 
   private session(req: IncomingMessage): Who | null {
     const cookies = req.headers.cookie ?? '';
     for (const part of cookies.split(';')) {
-      const [k, v] = part.trim().split('=');
-      if (k !== this.cookieName || !v) continue;
+      const eq = part.indexOf('=');
+      if (eq < 0 || part.slice(0, eq).trim() !== this.cookieName) continue;
+      const v = part.slice(eq + 1).trim();
       const s = this.sessions.get(v);
       if (s && s.expiresAt > Date.now()) return s;
-      if (s) this.sessions.delete(v);
+      if (s) this.endSession(v);
     }
     return null;
   }
 
-  /** The principal behind a request's client certificate, bearer key or session cookie, or null. */
-  async principalOf(req: IncomingMessage): Promise<string | null> {
+  private endSession(id: string): void {
+    this.sessions.get(id)?.unwatch();
+    this.sessions.delete(id);
+  }
+
+  /** A new session for `who`; it ends with its key (when the gate can re-check keys). */
+  private openSession(who: Who): string {
+    const id = randomBytes(32).toString('base64url');
+    if (this.sessions.size >= this.maxSessions) this.endSession(this.sessions.keys().next().value!);
+    const unwatch =
+      who.keyId && this.keyWatch
+        ? this.keyWatch.watch(who.keyId, () => this.sessions.delete(id))
+        : () => {};
+    this.sessions.set(id, {
+      ...who,
+      expiresAt: Math.min(who.expiresAt, Date.now() + this.sessionTtlMs),
+      unwatch,
+    });
+    return id;
+  }
+
+  /**
+   * Who a request is: its client certificate (mTLS), bearer key or session cookie; null when
+   * none lets it in.
+   */
+  async identify(req: IncomingMessage): Promise<GateIdentity | null> {
     const tls = req.socket as TLSSocket;
     if (
       this.opts.clientCertAllow &&
@@ -94,12 +170,19 @@ export class HttpGate {
       typeof tls.getPeerCertificate === 'function'
     ) {
       const cn = tls.getPeerCertificate()?.subject?.CN;
-      if (typeof cn === 'string' && this.opts.clientCertAllow.includes(cn)) return cn;
+      if (typeof cn === 'string' && this.opts.clientCertAllow.includes(cn))
+        return { principal: cn, keyId: null };
     }
     const auth = req.headers.authorization;
-    if (auth?.startsWith('Bearer '))
-      return (await this.check(auth.slice(7).trim()))?.principal ?? null;
-    return this.session(req)?.principal ?? null;
+    const who = auth?.startsWith('Bearer ')
+      ? await this.check(auth.slice(7).trim())
+      : this.session(req);
+    return who ? { principal: who.principal, keyId: who.keyId } : null;
+  }
+
+  /** The principal behind a request's client certificate, bearer key or session cookie, or null. */
+  async principalOf(req: IncomingMessage): Promise<string | null> {
+    return (await this.identify(req))?.principal ?? null;
   }
 
   /** express / connect middleware: `app.use(gate.middleware)`. */
@@ -126,16 +209,11 @@ export class HttpGate {
       url.searchParams.delete(LOGIN_PARAM);
       const clean = url.pathname + (url.search === '?' ? '' : url.search);
       req.url = clean; // never let the key reach a logged URL
-      const who = await this.check(loginKey);
-      if (!who) return this.deny(res, 'the login link is invalid, expired or already used');
-      const id = randomBytes(32).toString('base64url');
-      this.sessions.set(id, {
-        principal: who.principal,
-        expiresAt: Math.min(who.expiresAt, Date.now() + this.sessionTtlMs),
-      });
+      const who = await this.check(loginKey, true);
+      if (!who) return this.deny(req, res, 'the login link is invalid, expired or already used');
       res.writeHead(303, {
         Location: clean,
-        'Set-Cookie': `${this.cookieName}=${id}; HttpOnly; Secure; SameSite=Strict; Path=/`,
+        'Set-Cookie': `${this.cookieName}=${this.openSession(who)}; HttpOnly; Secure; SameSite=Strict; Path=/`,
         'Cache-Control': 'no-store',
       });
       res.end();
@@ -144,6 +222,7 @@ export class HttpGate {
     const principal = await this.principalOf(req);
     if (!principal)
       return this.deny(
+        req,
         res,
         'present a key: Authorization: Bearer <key>, or open the login link (broker open NAME)',
       );
@@ -151,10 +230,16 @@ export class HttpGate {
     return true;
   }
 
-  private deny(res: ServerResponse, message: string): false {
-    const body = JSON.stringify({ error: { code: 'unauthenticated', message } });
+  /** 401: JSON for programs, a page for browsers. */
+  private deny(req: IncomingMessage, res: ServerResponse, message: string): false {
+    const html = /\btext\/html\b/.test(req.headers.accept ?? '');
+    const body = html
+      ? `<!doctype html><html lang="en"><meta charset="utf-8"><title>Log in</title>` +
+        `<h1>This service needs a key</h1><p>${message.replace(/[<>&]/g, '')}.</p>` +
+        `<p>Run <code>broker open NAME</code> and open the link it prints.</p></html>\n`
+      : JSON.stringify({ error: { code: 'unauthenticated', message } });
     res.writeHead(401, {
-      'Content-Type': 'application/json',
+      'Content-Type': html ? 'text/html; charset=utf-8' : 'application/json',
       'Content-Length': Buffer.byteLength(body),
       'Cache-Control': 'no-store',
     });
@@ -164,7 +249,8 @@ export class HttpGate {
 
   /**
    * Check a WebSocket (or any) upgrade like a request: `server.on('upgrade', (req, socket, head)
-   * => gate.upgrade(req, socket, head, (req, socket, head) => wss.handleUpgrade(...)))`.
+   * => gate.upgrade(req, socket, head, (req, socket, head) => wss.handleUpgrade(...)))`. The
+   * upgraded connection ends when the key it was opened with stops holding.
    */
   upgrade(
     req: GatedRequest,
@@ -173,15 +259,24 @@ export class HttpGate {
     next: (req: GatedRequest, socket: Duplex, head: Buffer) => void,
   ): void {
     socket.on('error', () => socket.destroy());
-    void this.principalOf(req).then((principal) => {
+    void this.identify(req).then((who) => {
       if (socket.destroyed) return; // the client left during the verify
-      if (!principal) {
+      if (!who) {
         socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
         return;
       }
-      req.brokerPrincipal = principal;
+      req.brokerPrincipal = who.principal;
+      if (who.keyId && this.keyWatch) {
+        const stop = this.keyWatch.watch(who.keyId, () => socket.destroy());
+        socket.once('close', stop);
+      }
       next(req, socket, head);
     });
+  }
+
+  /** Stop re-checking keys (the server is closing). */
+  close(): void {
+    if (!this.opts.keyWatch) this.keyWatch?.close();
   }
 }
 

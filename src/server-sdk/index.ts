@@ -10,6 +10,14 @@ export {
   type RegisterServiceOptions,
   type ServiceState,
 } from './service.js';
-export { httpGate, HttpGate, type HttpGateOptions, type GatedRequest } from './http-gate.js';
+export {
+  httpGate,
+  HttpGate,
+  SESSION_COOKIE,
+  type GateIdentity,
+  type HttpGateOptions,
+  type GatedRequest,
+} from './http-gate.js';
+export { KeyWatch, KEY_RECHECK_MS, type KeyWatchOptions, type LiveKeys } from './key-watch.js';
 export { newLocalKey, csrFor, type LocalKey } from './csr.js';
 export { MAX_KEY_LINE_BYTES, KEY_LINE_TIMEOUT_MS } from '../protocol/constants.js';

@@ -15,6 +15,7 @@ import { gate, type GatedHandler, type GateOptions } from './gate.js';
 import { splice } from '../protocol/splice.js';
 import { csrFor, newLocalKey, type LocalKey } from './csr.js';
 import { HttpGate, type HttpGateOptions } from './http-gate.js';
+import { KeyWatch } from './key-watch.js';
 
 export interface ServiceTlsOptions {
   key: string;
@@ -62,6 +63,11 @@ export class BrokerService extends EventEmitter {
   private readonly secureServers = new Set<{ setSecureContext(o: object): void }>();
   /** https services: the certificate and the locally generated key. */
   tls: { cert: string; ca: string; key: LocalKey } | null = null;
+  /**
+   * The keys behind this service's open connections and sessions, re-checked with the broker
+   * every 5 s for all its gates at once: they end with their key (SES-1, SES-2).
+   */
+  readonly keyWatch: KeyWatch;
 
   constructor(
     public service: Service,
@@ -72,6 +78,7 @@ export class BrokerService extends EventEmitter {
   ) {
     super();
     this.client = new BrokerClient({ url, ca, token: serviceToken, env: {} });
+    this.keyWatch = new KeyWatch({ live: (ids) => this.client.liveKeys(ids) });
   }
 
   get ref(): string {
@@ -95,7 +102,7 @@ export class BrokerService extends EventEmitter {
 
   /** A connection listener that lets only key holders reach `handler` (DESIGN §7). */
   gate(handler: GatedHandler, opts: Omit<GateOptions, 'verify'> = {}): (socket: Socket) => void {
-    return gate(handler, { ...opts, verify: (k) => this.verify(k) });
+    return gate(handler, { keyWatch: this.keyWatch, ...opts, verify: (k) => this.verify(k) });
   }
 
   /**
@@ -132,6 +139,7 @@ export class BrokerService extends EventEmitter {
   httpGate(opts: Omit<HttpGateOptions, 'verify'> = {}): HttpGate {
     return new HttpGate({
       clientCertAllow: this.clientCertAllow(),
+      keyWatch: this.keyWatch,
       ...opts,
       verify: (k) => this.verify(k),
     });
@@ -271,6 +279,7 @@ export class BrokerService extends EventEmitter {
     if (this.renewTimer) clearTimeout(this.renewTimer);
     this.ssh?.end();
     this.wake?.();
+    this.keyWatch.close();
     this.setState('closed');
     this.client.close();
   }

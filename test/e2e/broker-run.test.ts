@@ -268,7 +268,9 @@ describe('broker run --mode https', () => {
     expect(url).toMatch(/^https:\/\/files\.[a-z0-9-]+\.localhost:\d+\/\?broker_key=bkk_/);
     const headers = await curl(['-D', '-', '-o', '/dev/null', url]);
     expect(headers).toMatch(/^HTTP\/1\.1 303/);
-    expect(headers).toMatch(/Set-Cookie: broker_session=[^;]+; HttpOnly; Secure; SameSite=Strict/);
+    expect(headers).toMatch(
+      /Set-Cookie: __Host-broker_session=[^;]+; HttpOnly; Secure; SameSite=Strict; Path=\//,
+    );
     open.kill('SIGTERM');
     p.kill('SIGTERM');
   });

@@ -146,7 +146,7 @@ describe('HTTPS service behind the SDK gate', () => {
     const hdrs = await headersOf(`${base}/lab/tree?x=1&broker_key=${key}`);
     expect(hdrs.out).toMatch(/^HTTP\/1\.1 303/);
     expect(hdrs.out).toMatch(/^Location: \/lab\/tree\?x=1\r?$/m);
-    const cookie = /^Set-Cookie: (broker_session=[^;]+);(.*)$/m.exec(hdrs.out);
+    const cookie = /^Set-Cookie: (__Host-broker_session=[^;]+);(.*)$/m.exec(hdrs.out);
     expect(cookie).not.toBeNull();
     expect(cookie![2]).toMatch(/HttpOnly/);
     expect(cookie![2]).toMatch(/Secure/);

@@ -323,8 +323,9 @@ export class Gateway {
       };
       conn.on('authentication', (ctx) => {
         // SSH-3: after the last try nothing more is even looked at; the connection is dropped.
+        // No answer at all: a rejection would invite the client to try yet another key before
+        // it noticed the close.
         if (tries >= this.d.limits.maxAuthTries) {
-          ctx.reject();
           socket.destroy();
           return;
         }

@@ -14,7 +14,7 @@ export function define(program: Command, action: Action): void {
     .option('--local-host <ip>', 'local address to listen on', '127.0.0.1')
     .option(
       '--inject-key',
-      'send the key first on each connection, so clients that know nothing of keys work',
+      "send the key first on each connection from your own processes, so clients that know nothing of keys work (other users' connections get DENIED)",
     )
     .option('--ttl <dur>', 'lifetime of the key minted for this tunnel')
     .option('--json', 'print {"localPort","key","keyId",...} once the tunnel is up')
@@ -101,6 +101,11 @@ Reconnects with backoff if the gateway connection drops; Ctrl-C stops it.`,
             t.on('error', () => {
               /* one connection failed; the tunnel stays */
             });
+            t.on('refused', ({ uid }: { uid: number | null }) =>
+              io.stderr.write(
+                `broker tunnel: refused a connection from ${uid === null ? 'a process the kernel could not attribute' : `uid ${uid}`}: --inject-key serves only your own processes\n`,
+              ),
+            );
             const closed = new Promise<void>((resolve) => t.once('close', () => resolve()));
             await Promise.race([closed, stop]);
             t.close();
