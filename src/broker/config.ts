@@ -71,6 +71,11 @@ export const DEFAULTS = Object.freeze({
   sshMaxConnections: 1024,
   sshMaxChannelsPerConnection: 64,
   sshMaxChannels: 4096,
+  /**
+   * Local Unix users (UIDs) whose scraper may read /metrics over loopback without a token, besides
+   * the broker's own user and root (e.g. the `prometheus` user). Everyone else needs an admin token.
+   */
+  metricsUids: [] as number[],
   /** Failed requests logged per second at most; the rest are counted in one line (LOG-2). */
   logFailuresPerSecond: 50,
   /** Log level for pino. */
@@ -130,6 +135,7 @@ export const ConfigSchema = z
     sshMaxConnections: z.number().int().positive(),
     sshMaxChannelsPerConnection: z.number().int().positive(),
     sshMaxChannels: z.number().int().positive(),
+    metricsUids: z.array(z.number().int().min(0)).max(64),
     logFailuresPerSecond: z.number().int().min(1),
     logLevel: z.enum(['debug', 'info', 'warn', 'error']),
   })

@@ -314,6 +314,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       log,
       openapi: loadOpenApi(),
       metrics,
+      metricsUids: [...new Set([process.getuid?.() ?? 0, 0, ...config.metricsUids])],
       health: () => ({
         gateway: {
           host: publicHost,

@@ -18,7 +18,8 @@ import {
   writeSync,
 } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
-import { join } from 'node:path';
+import { checkSafeDirectory } from '../host/safe-files.js';
+import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
 export class StateDirError extends Error {
@@ -86,6 +87,13 @@ export class StateDir {
     checkPrivate(path, 'dir');
     mkdirSync(path, { recursive: true, mode: 0o700 });
     checkPrivate(path, 'dir');
+    // The directories above it too (FS-5): a state dir in a directory another user can write
+    // could be renamed away and replaced between two starts.
+    try {
+      checkSafeDirectory(dirname(path));
+    } catch (err) {
+      throw new StateDirError((err as Error).message);
+    }
     const dir = new StateDir(path);
     for (const f of SECRET_FILES) checkPrivate(dir.file(f), 'file');
     checkPrivate(dir.file('db') + '-wal', 'file');

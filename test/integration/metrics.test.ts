@@ -1,7 +1,10 @@
 /** GET /metrics: Prometheus text with the broker's counters and state gauges. */
 import { createServer, type Server } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Daemon } from '../helpers/daemon.js';
+import { announceSkip, runAs, unixUser, userTmp } from '../helpers/users.js';
 
 function value(text: string, metric: string): number {
   const line = text
@@ -54,3 +57,40 @@ describe('metrics', () => {
     expect(text).not.toMatch(/bk[usk]_/);
   });
 });
+
+describe.skipIf(announceSkip('LOC-5 /metrics as another Unix user'))(
+  'LOC-5: /metrics is not open to every local user',
+  () => {
+    let d: Daemon;
+    const mallory = () => unixUser('bt-mallory');
+    afterAll(async () => d?.stop());
+
+    it("fail/LOC-5 mallory's curl over loopback without a token → 401; the broker's own user, an admin token, or a UID the config names → 200", async () => {
+      d = await Daemon.start({ config: { metricsUids: [] } });
+      const ca = join(userTmp(mallory()), 'ca.pem');
+      writeFileSync(ca, d.ca, { mode: 0o644 });
+      const asMallory = () =>
+        runAs(mallory(), 'curl', [
+          '-sS',
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{http_code}',
+          '--cacert',
+          ca,
+          `${d.url}/metrics`,
+        ]);
+      const first = await asMallory();
+      expect(first.stdout, first.stderr).toBe('401');
+      expect((await d.api('GET', '/metrics', { token: null })).status).toBe(200); // root
+      expect((await d.api('GET', '/metrics')).status).toBe(200); // admin token
+      await d.stop();
+      d = await Daemon.start({
+        dataDir: d.dataDir,
+        home: d.home,
+        config: { metricsUids: [mallory().uid] },
+      });
+      expect((await asMallory()).stdout).toBe('200');
+    });
+  },
+);

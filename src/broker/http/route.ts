@@ -23,6 +23,8 @@ export interface AppDeps {
   openapi: unknown;
   health: () => Record<string, unknown>;
   metrics: Metrics;
+  /** Local UIDs that may read /metrics without a token (the broker's own, root, the config's). */
+  metricsUids: readonly number[];
   /** Write buffered audit events (before reading the audit table). */
   flushAudit: () => void;
 }

@@ -56,6 +56,10 @@ Examples:
           if (tty && opts.wait) io.stderr.write('\n');
           broker.close();
           const s = res.service;
+          if (s.exposure === 'open')
+            io.stderr.write(
+              `broker load: WARNING: the app behind ${s.owner}/${s.name} is reachable by any local user on its host without a key (exposure: open)\n`,
+            );
           if (format === 'json') printJson(io, res);
           else if (format === 'env') {
             io.stdout.write(

@@ -20,17 +20,26 @@ function table(rows: string[][]): string {
 
 export function serviceTable(services: Service[]): string {
   if (services.length === 0) return 'no services\n';
-  return table([
-    ['SERVICE', 'MODE', 'TUNNEL', 'ADDRESS', 'STATUS', 'EXPIRES'],
-    ...services.map((s) => [
-      `${s.owner}/${s.name}`,
-      s.mode,
-      s.tunnel,
-      `${s.host}:${s.port}`,
-      s.status,
-      s.expiresAt,
-    ]),
-  ]);
+  return (
+    table([
+      ['SERVICE', 'MODE', 'TUNNEL', 'ADDRESS', 'STATUS', 'EXPIRES'],
+      ...services.map((s) => [
+        `${s.owner}/${s.name}`,
+        s.mode,
+        s.tunnel,
+        `${s.host}:${s.port}`,
+        s.status,
+        s.expiresAt,
+      ]),
+    ]) +
+    services
+      .filter((s) => s.exposure === 'open')
+      .map(
+        (s) =>
+          `WARNING: ${s.owner}/${s.name}: its app is reachable by any local user without a key (exposure: open)\n`,
+      )
+      .join('')
+  );
 }
 
 export function define(program: Command, action: Action): void {

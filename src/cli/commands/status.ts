@@ -3,7 +3,24 @@ import type { Command } from 'commander';
 import type { Action } from '../main.js';
 import { writeFileSafely } from '../../host/safe-files.js';
 import { printable } from '../../protocol/text.js';
+import type { Health, Service } from '../../protocol/types.js';
 import { client, parseDuration, printJson } from '../util.js';
+
+/** What a user should fix: an unprotected port range, apps open to every local user. */
+function warnings(health: Health, openApps: Service[]): string[] {
+  const out: string[] = [];
+  if (health.ports && !health.ports.protected)
+    out.push(
+      `service ports ${health.ports.range} can be taken by any local user while the broker restarts; ` +
+        'an admin can protect them (docs/operations.md, "Protect service ports")',
+    );
+  for (const s of openApps)
+    out.push(
+      `${s.owner}/${s.name}: its app listens on a loopback port with no check of its own, so any local user ` +
+        'reaches it without a key; run it on {app_socket}, with --app-auth, or with --isolate (broker run --help)',
+    );
+  return out;
+}
 
 export function define(program: Command, action: Action): void {
   program
@@ -38,12 +55,20 @@ export function define(program: Command, action: Action): void {
         const broker = client(io);
         const health = await broker.health();
         const who = broker.credentials.token ? await broker.whoami() : null;
+        // The caller's services whose app any local user reaches without a key (LOC-3).
+        const openApps =
+          who?.kind === 'principal'
+            ? (await broker.queryAll({ match: `${who.principal.name}/*` })).filter(
+                (s) => s.exposure === 'open',
+              )
+            : [];
         broker.close();
         const doc = {
           url: broker.url,
           health,
           whoami: who,
           credentialSources: broker.credentials.sources,
+          warnings: warnings(health, openApps),
         };
         if (opts.json) printJson(io, doc);
         else {
@@ -57,10 +82,14 @@ export function define(program: Command, action: Action): void {
               (health.gateway
                 ? `gateway: ${health.gateway.host}:${health.gateway.port} host key ${health.gateway.fingerprint}${health.gateway.nativeCrypto === false ? ' (WARNING: ssh2 native crypto missing: tunnels will be slow; reinstall with build tools)' : ''}\n`
                 : '') +
+              (health.ports
+                ? `ports:   ${health.ports.range} (${health.ports.protected ? 'protected: no other user can bind them' : 'not protected'})\n`
+                : '') +
               Object.entries(broker.credentials.sources)
                 .map(([k, v]) => `${k.padEnd(8)} from ${v}`)
                 .join('\n') +
-              '\n',
+              '\n' +
+              doc.warnings.map((w) => `WARNING: ${w}\n`).join(''),
           );
         }
         return 0;

@@ -2,6 +2,7 @@
 import { BrokerError } from '../../../protocol/errors.js';
 import { Authenticator } from '../../auth.js';
 import { isLoopback } from '../../net-util.js';
+import { socketPeerUid } from '../../../host/socket-owner.js';
 import { requireAdmin } from '../../principals.js';
 import { auditJson, principalJson, serviceJson } from '../../serialize.js';
 import type { Route } from '../route.js';
@@ -14,7 +15,13 @@ export const metaRoutes: Route[] = [
     path: '/metrics',
     auth: false,
     handler: async ({ req, source }, d) => {
-      if (!isLoopback(source))
+      // Without a token only a local scraper running as the broker's own user (or root, or a
+      // UID the config names) may read it: loopback alone is every local user (LOC-5).
+      const local =
+        isLoopback(source) &&
+        !req.headers.authorization &&
+        d.metricsUids.includes((await socketPeerUid(req.socket).catch(() => null)) ?? -1);
+      if (!local)
         requireAdmin(d.auth.authenticate(Authenticator.bearer(req.headers.authorization)));
       const { contentType, body } = await d.metrics.render();
       return { text: { contentType, body } };
