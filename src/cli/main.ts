@@ -82,14 +82,15 @@ export async function main(argv: string[], io: Io): Promise<number> {
       'after',
       `
 The four verbs:
-  server side   broker register viz --tunnel none     → port + service token
-  client side   broker load viz                       → port + client key
-  client        (echo "$KEY"; cat) | nc HOST PORT     → presents the key
-  server side   broker verify viz  (key on stdin)     → exit 0 valid, 1 invalid
+  server side   broker run viz -- APP ARGS {app_socket}   → registers, gates and serves APP
+  client side   broker load viz                           → port + client key
+  client        broker connect viz                        → presents the key, then stdin/stdout
+  server side   broker verify viz  (key on stdin)         → exit 0 valid, 1 invalid
 
-Credentials: --token/env BROKER_URL, BROKER_TOKEN, BROKER_CA (path), ~/.config/broker/credentials.json,
-then the local daemon's <state dir>/credentials.json. Exit codes: 0 ok, 1 negative answer,
-2 usage error, 3 broker unreachable or TLS failure.`,
+Credentials, each of URL, token and CA on its own, first hit wins: env BROKER_URL, BROKER_TOKEN,
+BROKER_CA (a path), ~/.config/broker/credentials.json (0600), then the local daemon's
+<state dir>/credentials.json. Secrets are never options (a command line is visible to every user).
+Exit codes: 0 ok, 1 negative answer, 2 usage error, 3 broker unreachable or TLS failure.`,
     );
   const only = MODULE_OF[argv[0] ?? ''];
   const names = only ? [only] : Object.keys(MODULES);

@@ -4,7 +4,8 @@ import type { Action } from '../main.js';
 import { writeFileSafely } from '../../host/safe-files.js';
 import { printable } from '../../protocol/text.js';
 import type { Health, Service } from '../../protocol/types.js';
-import { client, parseDuration, printJson } from '../util.js';
+import type { BrokerError } from '../../protocol/errors.js';
+import { client, parseDuration, printJson, sleep } from '../util.js';
 
 /** What a user should fix: an unprotected port range, apps open to every local user. */
 function warnings(health: Health, openApps: Service[]): string[] {
@@ -48,12 +49,31 @@ export function define(program: Command, action: Action): void {
   program
     .command('status')
     .option('--json', 'print one JSON document')
+    .option(
+      '--wait <dur>',
+      'wait up to this long for the broker to answer (scripts, right after start)',
+    )
     .description('show which broker you talk to, as whom, and its health')
-    .addHelpText('after', `\nExamples:\n  broker status\n  broker status --json | jq .health`)
+    .addHelpText(
+      'after',
+      `\nExamples:\n  broker status\n  broker status --wait 30s     # right after starting the broker\n  broker status --json | jq .health`,
+    )
     .action(
-      action(async (io, opts: { json?: boolean }) => {
-        const broker = client(io);
-        const health = await broker.health();
+      action(async (io, opts: { json?: boolean; wait?: string }) => {
+        const deadline = opts.wait ? Date.now() + parseDuration(opts.wait, '--wait') * 1000 : 0;
+        let broker = client(io);
+        let health: Health;
+        for (;;) {
+          try {
+            health = await broker.health();
+            break;
+          } catch (err) {
+            if ((err as BrokerError).code !== 'unreachable' || Date.now() >= deadline) throw err;
+            broker.close();
+            await sleep(250);
+            broker = client(io); // the daemon may only now have written its credentials
+          }
+        }
         const who = broker.credentials.token ? await broker.whoami() : null;
         // The caller's services whose app any local user reaches without a key (LOC-3).
         const openApps =
