@@ -18,8 +18,8 @@ const EXAMPLES = `
 Examples:
   # the app listens on a Unix socket in a private 0700 directory: no other user can connect
   broker run echo -- python3 examples/python-echo/echo_server.py --unix-socket {app_socket}
-  broker run nb --mode https -- jupyter lab --no-browser --ServerApp.sock={app_socket} \\
-      --IdentityProvider.token='' --ServerApp.allow_remote_access=True
+  broker run nb --mode https --app-auth jupyter -- jupyter lab --no-browser \\
+      --ServerApp.sock={app_socket} --ServerApp.allow_remote_access=True
   broker run api --mode https -- uvicorn app:app --uds {app_socket}
   broker run code --mode https -- code-server --auth none --socket {app_socket}
   # TCP only, but the app checks a credential: broker run makes one, the front presents it
@@ -28,6 +28,10 @@ Examples:
   # TCP only and no authentication: its own network namespace (no other network for the app)
   broker run files --mode https --isolate -- python3 -m http.server {app_port} --bind 127.0.0.1
   broker run tb --mode https --isolate -- tensorboard --logdir runs --host 127.0.0.1 --port {app_port}
+  # a wrapper script that reads $BROKER_APP_SOCKET; a slow starter; long-idle requests
+  broker run web --mode https --app-listen socket -- ./start-web.sh
+  broker run big --ready-timeout 10m -- ./load-model-then-serve --unix-socket {app_socket}
+  broker run poll --mode https --idle-timeout 30m -- uvicorn app:app --uds {app_socket}
   # a server that checks keys itself (service token in the 0600 file $BROKER_TOKEN_FILE)
   broker run raw --no-gate --tunnel none -- ./server --port {port}
 
