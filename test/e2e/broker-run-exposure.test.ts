@@ -311,4 +311,56 @@ socketserver.TCPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()`;
     await until(() => !cmdlines().some((c) => c.cmd.includes(marker)), 5000, 'the app to go');
     squat.kill('SIGTERM');
   });
+
+  it('fail/the app drops its listener and mallory takes the port: after the failed connection broker run checks again, stops, and she gets nothing', async () => {
+    const marker = `restart-${process.pid}`;
+    // Echoes until told "restart", then closes its listener (a restart, or a crash of the
+    // listener) and lingers.
+    const app = `import sys, socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+while True:
+    c, _ = s.accept()
+    d = c.recv(100)
+    if b"restart" in d:
+        c.close(); s.close(); break
+    try: c.sendall(b"echo:" + d)
+    except OSError: pass
+    c.close()
+time.sleep(60)`;
+    const r = run('restart', ['--', 'python3', '-c', app, '{app_port}', marker]);
+    await ready('restart');
+    const argv = cmdlines()
+      .find((c) => c.cmd.includes(marker) && !c.cmd.includes('bin/broker'))!
+      .cmd.split('\0');
+    const port = Number(argv[argv.indexOf(marker) - 1]);
+    const k = await key('restart');
+    expect(await talk(k.service.port, `${k.key}\nping`)).toBe('OK\necho:ping');
+    await talk(k.service.port, `${k.key}\nrestart`);
+    const { listenersOn } = await import('../../src/host/socket-owner.js');
+    await until(async () => (await listenersOn(port)).length === 0, 5000, 'the listener to go');
+    // A client in the gap: its upstream connection is refused.
+    expect(await talk(k.service.port, `${k.key}\nx`)).toBe('OK\n');
+    const squat = spawnNodeAs(
+      mallory,
+      `import { createServer } from 'node:net';
+       createServer((s) => { console.log('conn'); s.on('data', (c) => console.log('bytes ' + c.length)); })
+         .listen(${port}, '127.0.0.1', () => console.log('listening'));`,
+    );
+    procs.push(squat);
+    let heard = '';
+    squat.stdout!.on('data', (c: Buffer) => (heard += c.toString()));
+    await lineFrom(squat, (l) => l === 'listening');
+    // The next client: broker run checks the listener before connecting, finds mallory's.
+    await talk(k.service.port, `${k.key}\nsecret client data`);
+    expect(await r.exited).toBe(1);
+    expect(r.err()).toMatch(
+      new RegExp(`port_unavailable: port ${port} is held by UID ${mallory.uid} \\(bt-mallory\\)`),
+    );
+    expect(heard).not.toMatch(/conn|bytes/);
+    expect((await d.api('GET', `/v1/services/${owner}/restart`)).status).toBe(404);
+    squat.kill('SIGTERM');
+  });
 });
