@@ -11,7 +11,8 @@ import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { registerService } from '../../src/server-sdk/service.js';
-import { BIN, Daemon } from '../helpers/daemon.js';
+import { join } from 'node:path';
+import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
 import { until } from '../helpers/wait.js';
 
 /** A Node app that answers with what it received; header limits like Tornado's (64 KiB). */
@@ -255,7 +256,7 @@ describe('broker run --mode https: the front', () => {
     s.on('data', (c: Buffer) => (got += c.toString()));
     const closed = new Promise<void>((r) => s.once('close', () => r()));
     s.write(
-      `GET /ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${plain.key}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
+      `GET /ws?broker_key=${plain.key} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${plain.key}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
     );
     await until(() => got.endsWith('plain'), 5000, "the app's answer");
     expect(got).toMatch(/^HTTP\/1\.1 200 /);
@@ -264,7 +265,7 @@ describe('broker run --mode https: the front', () => {
     s.write('GET /secret HTTP/1.1\r\nHost: localhost\r\n\r\n');
     await Promise.race([closed, new Promise((r) => setTimeout(r, 2000))]);
     await new Promise((r) => setTimeout(r, 300));
-    expect(plain.out()).toContain('GET /ws');
+    expect(plain.out()).toContain('GET /ws\n'); // the key in the URL removed, as for requests
     expect(plain.out()).not.toContain('/secret');
     expect(s.destroyed || s.readableEnded).toBe(true);
     s.destroy();
@@ -281,5 +282,27 @@ describe('broker run --mode https: the front', () => {
     expect(JSON.parse(r.body).url).toBe('/six');
     // Open exposure: no X-Forwarded-User, any local user could have sent one.
     expect(JSON.parse(r.body).headers['x-forwarded-user']).toBeUndefined();
+  });
+
+  it('ok/a WebSocket (101) is not subject to the idle timeout: quiet for longer, it still carries', async () => {
+    const ws = await front(
+      'wsidle',
+      ['--idle-timeout', '1s'],
+      [process.execPath, join(ROOT, 'test', 'fixtures', 'ws-app.mjs'), '{app_port}'],
+    );
+    const s = tlsConnect({ host: '127.0.0.1', port: ws.port, ca: d.ca, servername: 'localhost' });
+    s.on('error', () => {});
+    await new Promise((r) => s.once('secureConnect', r));
+    let got = '';
+    s.on('data', (c: Buffer) => (got += c.toString()));
+    s.write(
+      `GET /ws HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${ws.key}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`,
+    );
+    await until(() => got.includes('\r\n\r\n'), 5000, 'the 101');
+    expect(got).toMatch(/^HTTP\/1\.1 101 /);
+    await new Promise((r) => setTimeout(r, 2500));
+    s.write('ping');
+    await until(() => got.endsWith('ws-echo:ping'), 3000, 'the echo after a quiet while');
+    s.destroy();
   });
 });
