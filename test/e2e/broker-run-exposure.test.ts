@@ -151,6 +151,11 @@ describe.skipIf(skip)('broker run: another local user tries the app (LOC-3)', ()
     const path = argOf(marker, '--unix-socket')!;
     expect(path).toMatch(/app\.sock$/);
     expect((await malloryTries(mallory, path)).error).toBe('EACCES');
+    // The app was given a socket only: no port in its environment either.
+    const app = cmdlines().find((c) => c.cmd.includes(marker) && !c.cmd.includes('bin/broker'))!;
+    const environ = readFileSync(`/proc/${app.pid}/environ`, 'utf8').split('\0');
+    expect(environ).toContain(`BROKER_APP_SOCKET=${path}`);
+    expect(environ.some((e) => e.startsWith('BROKER_APP_PORT='))).toBe(false);
     expect(r.err()).not.toMatch(/WARNING/);
     r.p.kill('SIGTERM');
     await r.exited;
