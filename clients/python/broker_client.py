@@ -7,12 +7,14 @@ body -- never in a URL -- and this module never logs anything.
 
 Typical use::
 
+    import socket
     from broker_client import BrokerClient, BrokerError
 
     client = BrokerClient()                    # credentials discovered as the CLI does
     reg = client.register("viz", tunnel="none")
+    listener = socket.create_server((reg["service"]["host"], reg["service"]["port"]))
     svc = client.with_token(reg["serviceToken"])   # what the server process uses
-    svc.ready("viz")
+    svc.ready("viz")                           # the broker checks that something listens
     key = client.load("viz")["key"]
     assert svc.is_valid(key)
 """
@@ -20,11 +22,15 @@ Typical use::
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
+import stat
+import time
 import urllib.parse
 
-__all__ = ["BrokerClient", "BrokerError", "discover_credentials"]
+__all__ = ["BrokerClient", "BrokerError", "GatedRequestHandler", "ServiceConnection",
+           "discover_credentials", "gate_socket", "service_hostname"]
 __version__ = "0.1.0"
 
 # Fallback codes when an error response has no parsable body (e.g. a proxy in between).
@@ -59,13 +65,48 @@ def _nonempty(value):
     return value if value else None
 
 
+def _who(mode, bits):
+    group, other = mode & bits & 0o070, mode & bits & 0o007
+    return "group and other" if group and other else "group" if group else "other"
+
+
+def _check_private_file(path, st):
+    """FS-5, as ssh's ``sshkey_perm_ok``: a file holding a token must be a regular file owned by
+    the caller (or root) that group and other cannot access at all. Raises BrokerError
+    ``insecure_path`` naming ``path`` and the fix."""
+    if not stat.S_ISREG(st.st_mode):
+        raise BrokerError("insecure_path", f"{path} is not a regular file")
+    if not hasattr(os, "getuid"):  # no Unix users here
+        return
+    uid = os.getuid()
+    if st.st_uid not in (uid, 0):
+        raise BrokerError(
+            "insecure_path",
+            f"{path} holds a token and is owned by uid {st.st_uid}, not by you (uid {uid}): "
+            "another user's file could point you at their broker; run the command as its owner, "
+            "or replace it with a copy of your own (mode 0600)")
+    if st.st_mode & 0o077:
+        raise BrokerError(
+            "insecure_path",
+            f"{path} holds a token and is accessible by {_who(st.st_mode, 0o077)} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
+
+
 def _read_json_file(path):
-    """The JSON object in ``path``, or None when the file does not exist."""
+    """The JSON object in the credentials file ``path``, or None when it does not exist. The
+    opened file itself is checked (fstat), so a link is judged by its target and cannot be
+    swapped between the check and the read. Raises BrokerError ``insecure_path`` for a file
+    others can read or write or another user owns, ValueError when it cannot be read or parsed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise ValueError(f"cannot read broker credentials {path}: {e}") from None
+    try:
+        with open(fd, encoding="utf-8") as f:
+            _check_private_file(path, os.fstat(f.fileno()))
+            data = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read broker credentials {path}: {e}") from None
     if not isinstance(data, dict):
@@ -102,6 +143,12 @@ def discover_credentials(url=None, token=None, ca=None):
     ``<state dir>/credentials.json`` with state dir ``$BROKER_DATA`` or ``$XDG_STATE_HOME/broker``
     (default ``~/.local/state/broker``). In the files ``ca`` is a PEM string. An explicit ``ca``
     may be PEM text or a path. Returns ``{"url", "token", "ca_pem"}``; unresolved fields are None.
+
+    A credentials file is opened only while a field is still missing, and used only when it is
+    the caller's (or root's) and group/other cannot access it: otherwise this raises
+    :class:`BrokerError` with ``code == "insecure_path"`` and a message naming the file and the
+    fix (``chmod 600 <path>``), as ssh refuses an unprotected private key. A file that exists
+    but cannot be read or parsed raises ValueError.
     """
     found = {"url": _nonempty(url), "token": _nonempty(token),
              "ca_pem": _ca_pem(ca) if ca else None}
@@ -124,8 +171,9 @@ class BrokerClient:
     """A client of one broker. Missing arguments are found by :func:`discover_credentials`.
 
     ``ca`` may be PEM text or a path. Raises ValueError when no URL or no CA can be found, or the
-    URL is not ``https``. Each call opens its own connection, so one client may be shared by
-    threads. HTTP proxies and redirects are never followed.
+    URL is not ``https``; BrokerError ``insecure_path`` when a credentials file it must read is
+    not private (see :func:`discover_credentials`). Each call opens its own connection, so one
+    client may be shared by threads. HTTP proxies and redirects are never followed.
     """
 
     def __init__(self, url=None, token=None, ca=None, timeout=10.0):
@@ -155,12 +203,50 @@ class BrokerClient:
 
     def ssl_context(self):
         """A new client SSLContext trusting only the broker CA (TLS >= 1.2, host names checked).
-        Use it to reach ``https`` services whose certificates the broker issued."""
+        For an ``https`` service prefer :meth:`service_ssl_context` or
+        :meth:`service_connection`: they also make sure the certificate is *that* service's."""
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self._ca_pem)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+    def service_ssl_context(self, service):
+        """A client SSLContext for one ``https`` service (SECURITY.md NET-2, SES-3): it trusts
+        only the broker CA, checks the host name, and after each handshake checks that the
+        certificate's common name is the service's ``owner/name`` (the broker puts it in every
+        service certificate), so service A's certificate presented on service B's port is
+        refused even where both carry the same host name. Works for blocking sockets and for
+        asyncio (``ssl=ctx``); pass ``server_hostname=`` :func:`service_hostname` (the
+        service's ``hostname``) when wrapping yourself.
+
+        ``service`` is a service object (``reg["service"]``, ``client.get(name)``,
+        ``loaded["service"]``). Raises ValueError for a ``tcp`` service; a handshake with the
+        wrong certificate raises ``ssl.SSLCertVerificationError``."""
+        expected = _service_identity(service)
+        ctx = self.ssl_context()
+        ctx.sslsocket_class = _ServiceSSLSocket
+        ctx.sslobject_class = _ServiceSSLObject
+        ctx.broker_service = expected
+        return ctx
+
+    def service_connection(self, service, address="127.0.0.1", timeout=None):
+        """An ``http.client.HTTPSConnection`` to one ``https`` service: TCP to
+        ``address:service["port"]`` (loopback by default: the broker publishes services there,
+        and glibc does not resolve ``*.localhost``), TLS checked by :meth:`service_ssl_context`
+        against the service's own name (its ``hostname`` field, ``NAME.OWNER.localhost``),
+        which is also the ``Host`` header. Nothing is sent until you make a request; a wrong
+        certificate then raises ``ssl.SSLCertVerificationError``. Never uses a proxy.
+
+        Example::
+
+            conn = client.service_connection(client.get("alice/nb"))
+            conn.request("GET", "/", headers={"Authorization": f"Bearer {key}"})
+            body = conn.getresponse().read()
+        """
+        ctx = self.service_ssl_context(service)  # checks that it is an https service object
+        return ServiceConnection(service_hostname(service), service["port"], address, ctx,
+                                 self.timeout if timeout is None else timeout)
 
     # -- transport -----------------------------------------------------------------------------
 
@@ -312,25 +398,125 @@ class BrokerClient:
         self.request("DELETE", "/v1/keys/" + urllib.parse.quote(key_id, safe=""))
 
 
+# --- Reaching https services (SECURITY.md NET-2, SES-3) ---------------------------------------
+
+# One DNS label in the readable form; the rule of serviceHostname() in src/protocol/names.ts.
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _readable_label(s):
+    return isinstance(s, str) and _DNS_LABEL.fullmatch(s) is not None and s[2:4] != "--"
+
+
+def service_hostname(service, domain="localhost"):
+    """The DNS name a service's certificate carries: its ``hostname`` field when the broker sent
+    one; otherwise computed exactly as the broker does (``serviceHostname`` in
+    src/protocol/names.ts) from ``owner``, ``name`` and ``id``: ``NAME.OWNER.<domain>`` when both
+    are plain DNS labels, else ``svc-<id without "svc_">.<domain>``.
+
+    >>> service_hostname({"owner": "alice", "name": "viz", "id": "svc_0123456789abcdef"})
+    'viz.alice.localhost'
+    """
+    if isinstance(service.get("hostname"), str) and service["hostname"]:
+        return service["hostname"]
+    owner, name, sid = service["owner"], service["name"], service["id"]
+    if _readable_label(name) and _readable_label(owner):
+        label = f"{name}.{owner}"
+    else:
+        label = "svc-" + (sid[4:] if sid.startswith("svc_") else sid)
+    return f"{label}.{domain}"
+
+
+def _service_identity(service):
+    """``owner/name`` of an https service object (what its certificate's CN must be)."""
+    if not isinstance(service, dict) or not {"owner", "name", "port"} <= service.keys():
+        raise ValueError("expected a service object with owner, name and port "
+                         "(reg['service'], client.get(name) or loaded['service'])")
+    if service.get("mode", "https") != "https":
+        raise ValueError(f"{service['owner']}/{service['name']} is a {service['mode']} service: "
+                         "it has no certificate (use the key line handshake)")
+    return f"{service['owner']}/{service['name']}"
+
+
+def _check_service_certificate(tls):
+    """After a handshake on a :meth:`BrokerClient.service_ssl_context` context: the peer's
+    certificate must name exactly the expected service as its CN."""
+    expected = getattr(tls.context, "broker_service", None)
+    if expected is None:
+        return
+    cert = tls.getpeercert() or {}
+    names = [v for rdn in cert.get("subject", ()) for (k, v) in rdn if k == "commonName"]
+    if names != [expected]:
+        got = ascii(", ".join(names))[1:-1][:80] or "no common name"
+        message = f"the certificate is for {got}, not for the service {expected}"
+        err = ssl.SSLCertVerificationError(1, f"[SSL: CERTIFICATE_VERIFY_FAILED] {message}")
+        err.verify_code, err.verify_message = 62, message  # X509_V_ERR_HOSTNAME_MISMATCH
+        err.library, err.reason = "SSL", "CERTIFICATE_VERIFY_FAILED"
+        raise err
+
+
+class _ServiceSSLSocket(ssl.SSLSocket):
+    """SSLSocket that checks the service identity once the handshake is done."""
+
+    def do_handshake(self, block=False):
+        super().do_handshake(block)
+        _check_service_certificate(self)
+
+
+class _ServiceSSLObject(ssl.SSLObject):
+    """The same for memory-BIO TLS (asyncio)."""
+
+    def do_handshake(self):
+        super().do_handshake()
+        _check_service_certificate(self)
+
+
+class ServiceConnection(http.client.HTTPSConnection):
+    """An HTTPSConnection that connects to ``address`` but verifies, and sends as ``Host``, the
+    service's own name. Made by :meth:`BrokerClient.service_connection`."""
+
+    def __init__(self, hostname, port, address, context, timeout):
+        super().__init__(hostname, port, timeout=timeout, context=context)
+        self.address = address
+        self._service_context = context
+
+    def connect(self):
+        sock = socket.create_connection((self.address, self.port), self.timeout,
+                                        self.source_address)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = self._service_context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
 # --- Gating a Python server (DESIGN §7) -------------------------------------------------------
 
 MAX_KEY_LINE_BYTES = 512
 KEY_LINE_TIMEOUT_SECONDS = 10.0
+DRAIN_SECONDS = 0.5  # after DENIED: how long unread input is drained before the close
 
 
 def gate_socket(sock, client, timeout=KEY_LINE_TIMEOUT_SECONDS):
     """Run the key handshake on an accepted socket: read the client's key line (at most 512
-    bytes, within ``timeout`` seconds), verify it with ``client`` (a BrokerClient holding the
-    service token), answer ``OK\\n`` and return ``(principal, leftover_bytes)``; or answer
-    ``DENIED\\n``, close the socket and return ``None``. Bytes the client sent after the key line
-    are returned, not lost. Never raises for a bad client; the key is never logged."""
+    bytes, all of it within ``timeout`` seconds of the call -- one deadline, so a client that
+    dribbles a byte at a time cannot hold the connection), verify it with ``client`` (a
+    BrokerClient holding the service token), answer ``OK\\n`` and return
+    ``(principal, leftover_bytes)``; or answer ``DENIED\\n``, close the socket and return
+    ``None``. Bytes the client sent after the key line are returned, not lost. Never raises for
+    a bad client; the key is never logged."""
     buf = b""
     old_timeout = sock.gettimeout()
+    deadline = time.monotonic() + timeout
     try:
-        sock.settimeout(timeout)
         while b"\n" not in buf:
             if len(buf) > MAX_KEY_LINE_BYTES:
                 raise ValueError("key line too long")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ValueError("no key line in time")
+            sock.settimeout(remaining)
             chunk = sock.recv(MAX_KEY_LINE_BYTES + 1 - len(buf))
             if not chunk:
                 raise ValueError("closed before the key line")
@@ -341,6 +527,7 @@ def gate_socket(sock, client, timeout=KEY_LINE_TIMEOUT_SECONDS):
         answer = client.verify(line.decode("utf-8", "replace").strip())
         if answer.get("valid") is not True:
             raise ValueError("invalid key")
+        sock.settimeout(timeout)
         sock.sendall(b"OK\n")
         sock.settimeout(old_timeout)
         return answer["principal"], rest
@@ -348,11 +535,16 @@ def gate_socket(sock, client, timeout=KEY_LINE_TIMEOUT_SECONDS):
         try:
             sock.sendall(b"DENIED\n")
             # Half-close, then drain briefly: closing with unread input makes the kernel send a
-            # reset, and the client would never read DENIED.
+            # reset, and the client would never read DENIED. "Briefly" is one deadline too, or a
+            # client still dribbling would hold the drain as it held the key line.
             sock.shutdown(socket.SHUT_WR)
-            sock.settimeout(0.5)
+            drain_until = time.monotonic() + DRAIN_SECONDS
             drained = 0
             while drained < 65536:
+                remaining = drain_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
                 chunk = sock.recv(4096)
                 if not chunk:
                     break

@@ -5,13 +5,56 @@
  */
 import { BrokerError } from '../protocol/errors.js';
 import { secretKind } from '../protocol/tokens.js';
+import type { ChangeFeed } from './changes.js';
 import type { Clock } from './clock.js';
 import { digestMatches, hashSecret } from './secrets.js';
 import type { PrincipalRow, ServiceRow, Store } from './store/store.js';
 
 export type Identity =
-  | { kind: 'principal'; principal: PrincipalRow; tokenId: string }
+  | {
+      kind: 'principal';
+      principal: PrincipalRow;
+      /** `tok_…` for a user token, `ssh:SHA256:…` for an SSH key, `bootstrap` at first start. */
+      tokenId: string;
+      /** When the credential behind this identity ends (null: no end); what it mints ends too. */
+      tokenExpiresAt: number | null;
+    }
   | { kind: 'service'; service: ServiceRow };
+
+/** The user token an identity was authenticated with, if it was one (what it mints records it). */
+export function mintingToken(id: Identity): string | null {
+  return id.kind === 'principal' && id.tokenId.startsWith('tok_') ? id.tokenId : null;
+}
+
+/**
+ * Principal rows for hot paths (verify checks the key's principal on every call), by name. The
+ * change feed drops an entry the moment its principal changes; the TTL only bounds what another
+ * process writing the same store could leave stale.
+ */
+export class PrincipalCache {
+  private readonly rows = new Map<string, { at: number; row: PrincipalRow | null }>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    changes?: ChangeFeed,
+    private readonly ttlMs = 2000,
+  ) {
+    changes?.subscribe((c) => {
+      if (c.kind === 'principal.changed') this.rows.delete(c.name);
+    });
+  }
+
+  get(name: string): PrincipalRow | null {
+    const now = this.clock.now();
+    const hit = this.rows.get(name);
+    if (hit && now - hit.at < this.ttlMs) return hit.row;
+    const row = this.store.getPrincipal(name);
+    if (this.rows.size >= 4096) this.rows.clear();
+    this.rows.set(name, { at: now, row });
+    return row;
+  }
+}
 
 /** The audit/actor name of an identity. */
 export function actorOf(id: Identity): string {
@@ -33,19 +76,20 @@ export class Authenticator {
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
-  ) {}
+    changes?: ChangeFeed,
+  ) {
+    // A removed service, a changed owner or a revoked token: cached service identities may be
+    // stale, so none survives (changes are rare; the cache refills in one lookup each).
+    changes?.subscribe((c) => {
+      if (c.kind !== 'key.revoked') this.serviceCache.clear();
+    });
+  }
 
   /**
    * `authenticate` for POST /v1/verify, which every gated connection costs: a service token's
-   * identity is reused for up to 2 s. That is safe for verify alone: it uses only the service id,
-   * and a removed service's keys are deleted with it, so a stale identity can only answer
-   * `valid: false`. Unknown and user tokens are never cached.
+   * identity is reused for up to 2 s, unless the change feed says its service or owner changed
+   * (then at once). Unknown and user tokens are never cached.
    */
-  /** A service left the registry: its token must stop working at once, cache or not. */
-  forgetServices(): void {
-    this.serviceCache.clear();
-  }
-
   authenticateForVerify(secret: string): Identity {
     const now = this.clock.now();
     const digestHex = secretKind(secret) === 'service' ? hashSecret(secret).toString('hex') : null;
@@ -77,8 +121,10 @@ export class Authenticator {
     const digest = hashSecret(secret);
     if (kind === 'service') {
       const service = this.store.findServiceByTokenHash(digest);
-      // Compare first, unconditionally: unknown tokens take the same path (KEY-3).
-      if (digestMatches(service?.tokenHash, digest) && service) return { kind: 'service', service };
+      // Compare first, unconditionally: unknown tokens take the same path (KEY-3). A service
+      // token is worth nothing once its owner is disabled or gone (SES-2).
+      if (digestMatches(service?.tokenHash, digest) && service && this.ownerActive(service))
+        return { kind: 'service', service };
     } else if (kind === 'user') {
       const token = this.store.findTokenByHash(digest);
       const now = this.clock.now();
@@ -90,7 +136,12 @@ export class Authenticator {
       ) {
         const principal = this.store.getPrincipal(token.principal);
         if (principal && !principal.disabled)
-          return { kind: 'principal', principal, tokenId: token.id };
+          return {
+            kind: 'principal',
+            principal,
+            tokenId: token.id,
+            tokenExpiresAt: token.expiresAt,
+          };
       }
     } else {
       digestMatches(null, digest);
@@ -101,5 +152,34 @@ export class Authenticator {
         );
     }
     throw new BrokerError('unauthenticated', 'invalid, expired or revoked token');
+  }
+
+  private ownerActive(s: ServiceRow): boolean {
+    const owner = this.store.getPrincipal(s.owner);
+    return owner !== null && !owner.disabled;
+  }
+
+  /**
+   * An identity as it stands now, for state that outlives one request (an SSH connection): null
+   * when its credential was revoked or expired, its principal disabled or removed, its SSH key
+   * removed, or (a service token) its service removed or owner disabled. Otherwise the identity
+   * with the current principal row, so a demotion takes effect (SES-2).
+   */
+  current(id: Identity): Identity | null {
+    const now = this.clock.now();
+    if (id.kind === 'service') {
+      const service = this.store.getServiceById(id.service.id);
+      return service && this.ownerActive(service) ? { kind: 'service', service } : null;
+    }
+    const principal = this.store.getPrincipal(id.principal.name);
+    if (!principal || principal.disabled) return null;
+    if (id.tokenExpiresAt !== null && id.tokenExpiresAt <= now) return null;
+    if (id.tokenId.startsWith('tok_')) {
+      const t = this.store.getToken(id.tokenId);
+      if (!t || t.revokedAt !== null || t.principal !== principal.name) return null;
+    } else if (id.tokenId.startsWith('ssh:')) {
+      if (!this.store.findSshKey(principal.name, id.tokenId.slice(4))) return null;
+    }
+    return { ...id, principal };
   }
 }

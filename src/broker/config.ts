@@ -17,6 +17,11 @@ export const DEFAULTS = Object.freeze({
   portRange: '20000-20999',
   /** The name clients use to reach this broker; defaults to the listen host. */
   publicHost: null as string | null,
+  /**
+   * A DNS domain the site points at its nodes (wildcard records), under which services also get
+   * a name (`NAME.OWNER.<serviceDomain>`); null: services are named under `localhost` only.
+   */
+  serviceDomain: null as string | null,
   /** State directory; null → $BROKER_DATA or $XDG_STATE_HOME/broker. */
   dataDir: null as string | null,
   /** Service lease when the register request gives none. */
@@ -59,6 +64,10 @@ export const DEFAULTS = Object.freeze({
   sshAuthTimeoutSeconds: 30,
   sshMaxAuthTries: 3,
   sshMaxUnauthenticated: 64,
+  /** Unauthenticated connections of one source (a local UID, or a remote address) at once. */
+  sshMaxUnauthenticatedPerSource: 8,
+  /** Failed SSH logins one source may make per window before it is refused for a while. */
+  sshMaxAuthFailuresPerSource: 30,
   sshMaxConnections: 1024,
   sshMaxChannelsPerConnection: 64,
   sshMaxChannels: 4096,
@@ -78,6 +87,10 @@ export const ConfigSchema = z
     listen: hostPort,
     sshListen: hostPort,
     portRange: z.string().regex(/^\d{1,5}-\d{1,5}$/, 'expected A-B'),
+    serviceDomain: z
+      .string()
+      .regex(/^(?=.{1,200}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/, 'a DNS domain')
+      .nullable(),
     publicHost: z
       .string()
       .regex(/^[A-Za-z0-9.:-]{1,253}$/)
@@ -112,6 +125,8 @@ export const ConfigSchema = z
     sshAuthTimeoutSeconds: z.number().int().positive().max(30),
     sshMaxAuthTries: z.number().int().min(1).max(3),
     sshMaxUnauthenticated: z.number().int().positive(),
+    sshMaxUnauthenticatedPerSource: z.number().int().positive(),
+    sshMaxAuthFailuresPerSource: z.number().int().positive(),
     sshMaxConnections: z.number().int().positive(),
     sshMaxChannelsPerConnection: z.number().int().positive(),
     sshMaxChannels: z.number().int().positive(),
@@ -142,6 +157,7 @@ const ENV_KEYS: Record<string, keyof typeof DEFAULTS> = {
   BROKER_SSH_LISTEN: 'sshListen',
   BROKER_PORT_RANGE: 'portRange',
   BROKER_PUBLIC_HOST: 'publicHost',
+  BROKER_SERVICE_DOMAIN: 'serviceDomain',
   BROKER_DATA: 'dataDir',
   BROKER_LOG_LEVEL: 'logLevel',
 };

@@ -10,9 +10,10 @@ import type { Logger } from 'pino';
 import { createLogger } from './logger.js';
 import { PRINCIPAL_RE } from '../protocol/names.js';
 import { AuditLog } from './audit.js';
-import { Authenticator } from './auth.js';
+import { Authenticator, PrincipalCache } from './auth.js';
+import { ChangeFeed } from './changes.js';
 import { checkCsr } from './ca/csr.js';
-import { LocalCA } from './ca/local-ca.js';
+import { LocalCA, type CaNameConstraints } from './ca/local-ca.js';
 import { systemClock, type Clock } from './clock.js';
 import { splitHostPort, type Config } from './config.js';
 import { KeyService } from './keys.js';
@@ -20,10 +21,11 @@ import { PromMetrics } from './metrics.js';
 import { FailureLimiter } from './limiter.js';
 import { canonicalIp } from './net-util.js';
 import { PrincipalAdmin } from './principals.js';
-import { ServiceRegistry, type ServiceEvents } from './services.js';
+import { ServiceRegistry } from './services.js';
 import { StateDir } from './state-dir.js';
 import { SqliteStore } from './store/sqlite-store.js';
-import type { ServiceRow, Store } from './store/store.js';
+import type { Store } from './store/store.js';
+import { PeerUidLookup, unprivilegedPortStart } from '../host/socket-owner.js';
 import { createApp } from './http/app.js';
 import { createHttpsServer } from './http/server.js';
 import { createVerifyHandler } from './http/verify-fast-path.js';
@@ -94,6 +96,26 @@ function bootstrapAdminName(): string {
   return 'admin';
 }
 
+/**
+ * What the broker CA may name (SES-3): loopback and `*.localhost` (the services and the API on
+ * this host), the API's own names, and the site's service domain. Nothing else verifies under it.
+ */
+export function caConstraints(
+  config: Config,
+  publicHost: string,
+  listenHost: string | null,
+): CaNameConstraints {
+  const dnsNames = new Set(['localhost']);
+  const ipRanges = new Set(['127.0.0.0/8', '::1/128']);
+  for (const h of [publicHost, listenHost, config.serviceDomain]) {
+    if (!h) continue;
+    const ip = canonicalIp(h);
+    if (ip) ipRanges.add(ip.includes(':') ? `${ip}/128` : `${ip}/32`);
+    else dnsNames.add(h.toLowerCase());
+  }
+  return { dnsNames: [...dnsNames], ipRanges: [...ipRanges] };
+}
+
 function urlHost(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
@@ -117,21 +139,34 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       'store open',
     );
 
-    const ca = await LocalCA.open(dir, {
-      minSeconds: config.certMinLifetimeSeconds,
-      defaultSeconds: config.certDefaultLifetimeSeconds,
-      maxSeconds: config.certMaxLifetimeSeconds,
-    });
     const listen = splitHostPort(config.listen);
     const ssh = splitHostPort(config.sshListen);
     const wildcard = listen.host === '0.0.0.0' || listen.host === '::';
     const publicHost = config.publicHost ?? (wildcard ? '127.0.0.1' : listen.host);
+    const ca = await LocalCA.open(
+      dir,
+      {
+        minSeconds: config.certMinLifetimeSeconds,
+        defaultSeconds: config.certDefaultLifetimeSeconds,
+        maxSeconds: config.certMaxLifetimeSeconds,
+      },
+      { constraints: caConstraints(config, publicHost, wildcard ? null : listen.host) },
+    );
 
     const audit = new AuditLog(store, clock, (err) => log.error({ err }, 'audit write failed'));
-    // Listeners for services leaving the registry: the hot-path caches subscribe below, so a
-    // removed service's token and keys stop working at once.
-    const onRemoved: ((s: ServiceRow) => void)[] = [];
-    const gatewayRef = { port: ssh.port };
+    // Every change of identity or registry that live state must follow (SES-2): the caches, the
+    // gateway's connections and tunnels subscribe as they are built below.
+    const changes = new ChangeFeed((err, change) =>
+      log.error({ err, change: change.kind }, 'a listener failed to follow a change'),
+    );
+    changes.subscribe((c) => {
+      if (c.kind === 'service.removed')
+        log.info(
+          { service: `${c.service.owner}/${c.service.name}`, reason: c.reason },
+          'service removed',
+        );
+    });
+    const gatewayRef: { port: number; gateway: Gateway | null } = { port: ssh.port, gateway: null };
     let gatewayStats = { tunnels: () => 0, channels: () => 0, bytes: () => 0 };
     const metrics = new PromMetrics({
       servicesByStatus: () => {
@@ -144,12 +179,6 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       gatewayBytes: () => gatewayStats.bytes(),
     });
     const hostKey = loadOrCreateHostKey(dir);
-    const events: ServiceEvents = {
-      removed: (s, reason) => {
-        for (const listener of onRemoved) listener(s);
-        log.info({ service: `${s.owner}/${s.name}`, reason }, 'service removed');
-      },
-    };
     const registry = new ServiceRegistry({
       store,
       config,
@@ -158,7 +187,8 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       signer: ca,
       csr: checkCsr,
       publicHost,
-      events,
+      changes,
+      ports: { hold: (s) => gatewayRef.gateway!.hold(s) },
     });
     const keys = new KeyService({
       store,
@@ -181,6 +211,8 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         clock,
       ),
       sshHostKey: hostKey.publicKey,
+      principals: new PrincipalCache(store, clock, changes),
+      changes,
     });
     const principals = new PrincipalAdmin({
       signer: ca,
@@ -190,13 +222,9 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       clock,
       audit,
       portCooldownSeconds: config.portCooldownSeconds,
-      events,
+      changes,
     });
-    const auth = new Authenticator(store, clock);
-    onRemoved.push(
-      () => keys.forgetService(),
-      () => auth.forgetServices(),
-    );
+    const auth = new Authenticator(store, clock, changes);
 
     // DUR-4: reverse tunnels died with the previous process; their servers reattach.
     for (const s of store.markTunnelsOffline()) {
@@ -214,12 +242,37 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         authTimeoutMs: config.sshAuthTimeoutSeconds * 1000,
         maxAuthTries: config.sshMaxAuthTries,
         maxUnauthenticated: config.sshMaxUnauthenticated,
+        maxUnauthenticatedPerSource: config.sshMaxUnauthenticatedPerSource,
         maxConnections: config.sshMaxConnections,
         maxChannelsPerConnection: config.sshMaxChannelsPerConnection,
         maxChannels: config.sshMaxChannels,
       },
+      changes,
+      peers: new PeerUidLookup(),
+      authFailures: new FailureLimiter(
+        {
+          maxFailures: config.sshMaxAuthFailuresPerSource,
+          windowMs: 60_000,
+          baseBlockMs: 10_000,
+          maxBlockMs: 900_000,
+          maxEntries: config.limiterMaxEntries,
+        },
+        clock,
+      ),
     });
-    onRemoved.push((s) => gateway.serviceRemoved(s.id));
+    gatewayRef.gateway = gateway;
+    // LOC-4: every live tunnelled service's port is held before the API answers anything, so a
+    // port taken while the broker was down is found (and its keys revoked) before a key collected
+    // there could be verified.
+    for (const s of store.listServices())
+      if (s.tunnel === 'ssh') await registry.holdPort(s, 'restart');
+    const portStart = await unprivilegedPortStart();
+    const protectedPorts = portStart !== null && config.portMax < portStart;
+    if (!protectedPorts)
+      log.warn(
+        { portRange: config.portRange, unprivilegedPortStart: portStart },
+        'service ports can be bound by any local user while the broker is down (restarts); see docs/operations.md "Protect service ports"',
+      );
     gatewayStats = {
       tunnels: () => gateway.openTunnels,
       channels: () => gateway.openChannels,
@@ -269,6 +322,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
           fingerprint: hostKey.fingerprint,
           nativeCrypto: sshNativeCrypto(),
         },
+        ports: { range: config.portRange, protected: protectedPorts },
       }),
       flushAudit: () => audit.flush(),
     });
@@ -299,14 +353,21 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     const credentialsPath = dir.file('credentials');
     bootstrapCredentials({ dir, store, principals, auth, url, caPem: ca.caCertPem, log, clock });
 
+    let watching = false;
     const sweep = () => {
       try {
-        gateway.touchLive();
+        gateway.touchLive((s, now) => registry.extendedLease(s, now));
         registry.sweep();
         keys.flushUses();
       } catch (err) {
         log.error({ err }, 'lease sweep failed');
       }
+      if (watching) return;
+      watching = true;
+      registry
+        .watchDirect()
+        .catch((err: unknown) => log.error({ err }, 'watching tunnel "none" services failed'))
+        .finally(() => (watching = false));
     };
     const sweepTimer = setInterval(sweep, config.reapIntervalSeconds * 1000);
     sweepTimer.unref();
@@ -418,14 +479,25 @@ function bootstrapCredentials(d: {
       d.log.info({ principal: admin }, 'first start: created the admin principal');
     } else {
       const oldId = d.store.getMeta('bootstrap_token_id');
-      if (oldId) d.store.revokeToken(oldId, d.clock.now());
       const principal = d.store.getPrincipal(admin)!;
-      const created = d.principals.createToken(
-        { kind: 'principal', principal, tokenId: 'bootstrap' },
-        admin,
-        { label: 'bootstrap' },
-        'local',
-      );
+      const self = {
+        kind: 'principal' as const,
+        principal,
+        tokenId: 'bootstrap',
+        tokenExpiresAt: null,
+      };
+      const created = d.principals.createToken(self, admin, { label: 'bootstrap' }, 'local');
+      // A rotation, not a compromise response: what was minted with the old bootstrap token
+      // (services, keys) is handed to the new one, then the old one is revoked. To cut off
+      // everything minted with a leaked token, revoke it (`broker token revoke`).
+      if (oldId) {
+        d.store.handOverToken(oldId, created.tokenInfo.id);
+        try {
+          d.principals.revokeToken(self, oldId, null);
+        } catch {
+          /* already revoked */
+        }
+      }
       token = created.token;
       d.store.setMeta('bootstrap_token_id', created.tokenInfo.id);
       d.log.warn(

@@ -4,14 +4,16 @@
  */
 import { BrokerError } from '../protocol/errors.js';
 import { secretKind } from '../protocol/tokens.js';
+import { serviceHostname } from '../protocol/names.js';
 import type { ConnectInfo, LoadRequest, LoadResponse, VerifyResponse } from '../protocol/types.js';
 import type { AuditLog } from './audit.js';
-import { actorOf, type Identity } from './auth.js';
+import { actorOf, type Identity, type PrincipalCache } from './auth.js';
+import type { ChangeFeed } from './changes.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
 import { digestMatches, hashSecret, newId, newSecret } from './secrets.js';
 import { keyJson, serviceJson } from './serialize.js';
-import type { ServiceRegistry } from './services.js';
+import { principalMaySee, type ServiceRegistry } from './services.js';
 import type { KeyRow, ServiceRow, Store } from './store/store.js';
 import type { FailureLimiter } from './limiter.js';
 import type { Metrics } from './metrics.js';
@@ -34,7 +36,13 @@ export interface KeyDeps {
   metrics?: Metrics;
   /** The gateway's public host key (`ssh-ed25519 AAAA…`), for the known_hosts line. */
   sshHostKey?: string;
+  /** Principal rows for the verify path (is the key's principal still enabled and allowed?). */
+  principals: PrincipalCache;
+  changes: ChangeFeed;
 }
+
+/** At most this many key ids in one liveness check. */
+export const MAX_LIVE_CHECK = 1000;
 
 export class KeyService {
   /** Last-use times, written in batches so verify never waits on fsync. */
@@ -46,7 +54,14 @@ export class KeyService {
    */
   private readonly cache = new Map<string, { at: number; row: KeyRow }>();
 
-  constructor(private readonly d: KeyDeps) {}
+  constructor(private readonly d: KeyDeps) {
+    // Anything that can take a key away clears the cache at once (SES-2): revoked keys, removed
+    // services and principals, revoked tokens (their keys went in the same transaction).
+    d.changes.subscribe((c) => {
+      if (c.kind === 'key.revoked') this.forgetKey(c.keyId);
+      else if (c.kind !== 'ssh-key.removed') this.cache.clear();
+    });
+  }
 
   load(id: Identity, owner: string, name: string, req: LoadRequest, source: string): LoadResponse {
     if (id.kind !== 'principal')
@@ -68,7 +83,8 @@ export class KeyService {
     const now = clock.now();
     const key = newSecret('key');
     const keyId = newId('key');
-    const expiresAt = Math.min(now + ttl * 1000, s.expiresAt);
+    // Never past the service's lease, never past the token it was loaded with (SES-2).
+    const expiresAt = Math.min(now + ttl * 1000, s.expiresAt, id.tokenExpiresAt ?? Infinity);
     this.d.store.insertKey({
       id: keyId,
       hash: hashSecret(key),
@@ -112,7 +128,7 @@ export class KeyService {
         : {}),
     };
     if (s.mode === 'tcp') info.netcat = `(echo "$BROKER_KEY"; cat) | nc 127.0.0.1 ${s.port}`;
-    else info.url = `https://localhost:${s.port}/`;
+    else info.url = `https://${serviceHostname(s)}:${s.port}/`;
     return info;
   }
 
@@ -134,7 +150,8 @@ export class KeyService {
       digestMatches(row?.hash, digest) &&
       row !== null &&
       row.serviceId === s.id &&
-      row.expiresAt > now;
+      row.expiresAt > now &&
+      this.holderMayUse(row, s);
     if (valid && row!.usesLeft !== null) valid = this.d.store.consumeKey(row!.id, now);
     const target = `${s.owner}/${s.name}`;
     if (!valid) {
@@ -198,6 +215,41 @@ export class KeyService {
     };
   }
 
+  /**
+   * Is the key's principal still enabled and still allowed to reach the service? Checked at every
+   * verify, so a disabled, removed or demoted principal's keys stop working at once (SES-2).
+   */
+  private holderMayUse(row: KeyRow, s: ServiceRow): boolean {
+    const p = this.d.principals.get(row.principal);
+    return p !== null && !p.disabled && principalMaySee(p, s);
+  }
+
+  /**
+   * Which of these keys of the calling service still hold: not revoked, not expired, their
+   * principal enabled and allowed. A server asks this for the sessions and connections it opened
+   * with keys (SES-1): a used one-time key still holds; its session ends with it. Ids of other
+   * services' keys are simply not live (no oracle, COMP-1).
+   */
+  live(id: Identity, keyIds: string[]): { live: string[] } {
+    if (id.kind !== 'service')
+      throw new BrokerError('forbidden', 'checking keys needs the service token of their service');
+    if (keyIds.length > MAX_LIVE_CHECK)
+      throw new BrokerError('validation_failed', `at most ${MAX_LIVE_CHECK} key ids at once`);
+    const now = this.d.clock.now();
+    const live: string[] = [];
+    for (const keyId of new Set(keyIds)) {
+      const row = /^key_[a-z0-9]{16}$/.test(keyId) ? this.d.store.getKey(keyId) : null;
+      if (
+        row &&
+        row.serviceId === id.service.id &&
+        row.expiresAt > now &&
+        this.holderMayUse(row, id.service)
+      )
+        live.push(keyId);
+    }
+    return { live };
+  }
+
   list(id: Identity, owner: string, name: string) {
     if (id.kind !== 'principal')
       throw new BrokerError('forbidden', 'listing keys needs a user token');
@@ -216,9 +268,9 @@ export class KeyService {
       (id.principal.role === 'admin' ||
         id.principal.name === k.principal ||
         id.principal.name === s.owner);
-    this.forgetKey(keyId);
     if (!allowed || !this.d.store.deleteKey(keyId))
       throw new BrokerError('key_not_found', `no key ${keyId}`);
+    this.d.changes.publish({ kind: 'key.revoked', keyId });
     this.d.audit.record({
       actor: actorOf(id),
       action: 'key.revoke',
@@ -244,11 +296,6 @@ export class KeyService {
   /** A key was revoked: it must not verify again, not even from the cache. */
   forgetKey(keyId: string): void {
     for (const [hex, e] of this.cache) if (e.row.id === keyId) this.cache.delete(hex);
-  }
-
-  /** A service left the registry (unregister, lease, owner removed): drop every cached key. */
-  forgetService(): void {
-    this.cache.clear();
   }
 
   /** Write batched last-use times. */

@@ -1,5 +1,6 @@
 /** Address helpers. No DNS anywhere: hosts are IP literals, canonicalised before any check. */
 import { createConnection, isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 
 /** Canonical form of an IP literal (IPv4-mapped IPv6 folded to IPv4), or null if not an IP. */
 export function canonicalIp(value: string): string | null {
@@ -15,6 +16,14 @@ export function canonicalIp(value: string): string | null {
 
 export function isLoopback(ip: string): boolean {
   return ip === '::1' || /^127\./.test(ip);
+}
+
+/** Is `ip` an address of this host (loopback or any interface)? */
+export function isLocalAddress(ip: string): boolean {
+  if (isLoopback(ip)) return true;
+  return Object.values(networkInterfaces())
+    .flat()
+    .some((a) => a && canonicalIp(a.address) === ip);
 }
 
 /** Probe `host:port` with a TCP connect: true when something accepts within `timeoutMs`. */

@@ -2,11 +2,11 @@
 import { BrokerError } from '../protocol/errors.js';
 import type { CreateTokenResponse, Principal, Role, TokenInfo } from '../protocol/types.js';
 import type { AuditLog } from './audit.js';
-import { actorOf, type Identity } from './auth.js';
+import { actorOf, mintingToken, type Identity } from './auth.js';
 import type { Clock } from './clock.js';
 import { hashSecret, newId, newSecret } from './secrets.js';
 import { principalJson, tokenJson } from './serialize.js';
-import type { ServiceEvents } from './services.js';
+import type { ChangeFeed } from './changes.js';
 import type { SshKeyRow, Store, TokenRow } from './store/store.js';
 import { parsePublicKey } from './ssh/public-keys.js';
 import type { Signer } from './ca/signer.js';
@@ -31,7 +31,7 @@ export interface PrincipalDeps {
   clock: Clock;
   audit: AuditLog;
   portCooldownSeconds: number;
-  events?: ServiceEvents;
+  changes: ChangeFeed;
 }
 
 export function requireAdmin(id: Identity): void {
@@ -42,13 +42,21 @@ export function requireAdmin(id: Identity): void {
 export class PrincipalAdmin {
   constructor(private readonly d: PrincipalDeps) {}
 
+  /**
+   * A new user token. `parent` is the creating credential when a principal makes a token for
+   * itself: the new one ends no later than it and is revoked with it (SES-2). A token an admin
+   * makes for someone else is an enrolment, not a derivation, and stands on its own.
+   */
   private newToken(
     principal: string,
     label: string | null,
     ttlSeconds?: number,
+    parent?: { id: string; expiresAt: number | null },
   ): { token: string; row: TokenRow } {
     const now = this.d.clock.now();
     const token = newSecret('user');
+    const own = ttlSeconds ? now + ttlSeconds * 1000 : null;
+    const cap = parent?.expiresAt ?? null;
     return {
       token,
       row: {
@@ -57,8 +65,9 @@ export class PrincipalAdmin {
         principal,
         label,
         createdAt: now,
-        expiresAt: ttlSeconds ? now + ttlSeconds * 1000 : null,
+        expiresAt: own === null ? cap : cap === null ? own : Math.min(own, cap),
         revokedAt: null,
+        parentId: parent?.id ?? null,
       },
     };
   }
@@ -115,6 +124,8 @@ export class PrincipalAdmin {
     }
     const p = this.d.store.updatePrincipal(name, patch);
     if (!p) throw new BrokerError('principal_not_found', `no principal ${name}`);
+    // Disabled or demoted: its connections, keys and services follow now, not at next login.
+    this.d.changes.publish({ kind: 'principal.changed', name, principal: p });
     this.d.audit.record({
       actor: actorOf(id),
       action: 'principal.update',
@@ -141,7 +152,9 @@ export class PrincipalAdmin {
       now + this.d.portCooldownSeconds * 1000,
     );
     if (!removed) throw new BrokerError('principal_not_found', `no principal ${name}`);
-    for (const s of removed) this.d.events?.removed(s, 'owner removed');
+    for (const s of removed)
+      this.d.changes.publish({ kind: 'service.removed', service: s, reason: 'owner removed' });
+    this.d.changes.publish({ kind: 'principal.changed', name, principal: null });
     this.d.audit.record({
       actor: actorOf(id),
       action: 'principal.remove',
@@ -179,7 +192,14 @@ export class PrincipalAdmin {
     source: string,
   ): CreateTokenResponse {
     this.requireManaged(id, principal);
-    const { token, row } = this.newToken(principal, req.label ?? null, req.ttlSeconds);
+    const minting = mintingToken(id);
+    const self = id.kind === 'principal' && id.principal.name === principal && minting !== null;
+    const { token, row } = this.newToken(
+      principal,
+      req.label ?? null,
+      req.ttlSeconds,
+      self ? { id: minting, expiresAt: id.tokenExpiresAt } : undefined,
+    );
     this.d.store.insertToken(row);
     this.d.audit.record({
       actor: actorOf(id),
@@ -223,6 +243,7 @@ export class PrincipalAdmin {
     if (!this.mayManage(id, principal) || !this.d.store.deleteSshKey(principal, fingerprint)) {
       throw new BrokerError('not_found', `no SSH key ${fingerprint.slice(0, 60)} for ${principal}`);
     }
+    this.d.changes.publish({ kind: 'ssh-key.removed', principal, fingerprint });
     this.d.audit.record({
       actor: actorOf(id),
       action: 'ssh_key.remove',
@@ -242,12 +263,22 @@ export class PrincipalAdmin {
     if (!this.d.signer || !this.d.csr)
       throw new BrokerError('internal', 'this broker has no CA configured');
     const spki = await this.d.csr(csrPem);
+    // A certificate minted with a token ends no later than the token (SES-2).
+    const tokenLeft =
+      id.kind === 'principal' && id.tokenExpiresAt !== null
+        ? Math.floor((id.tokenExpiresAt - this.d.clock.now()) / 1000)
+        : Infinity;
+    if (tokenLeft < this.d.signer.lifetimes.minSeconds)
+      throw new BrokerError(
+        'validation_failed',
+        'the token you use ends too soon for a client certificate; create a longer-lived token first',
+      );
     const cert = await this.d.signer.issue({
       commonName: principal,
       dnsNames: [],
       ipAddresses: [],
       usage: 'client',
-      lifetimeSeconds: this.d.clientCertSeconds,
+      lifetimeSeconds: Math.min(this.d.clientCertSeconds ?? Infinity, tokenLeft),
       publicKeySpki: spki,
     });
     this.d.audit.record({
@@ -270,22 +301,38 @@ export class PrincipalAdmin {
     };
   }
 
-  revokeToken(id: Identity, tokenId: string, source: string): void {
+  /**
+   * Revoke a token and everything minted with it: tokens its principal created with it, services
+   * registered and keys loaded with any of those (SES-2). Live connections and caches follow
+   * through the change feed.
+   */
+  revokeToken(id: Identity, tokenId: string, source: string | null): void {
     const t = /^tok_[a-z0-9]{16}$/.test(tokenId) ? this.d.store.getToken(tokenId) : null;
-    if (
-      !t ||
-      !this.mayManage(id, t.principal) ||
-      !this.d.store.revokeToken(tokenId, this.d.clock.now())
-    ) {
-      throw new BrokerError('token_not_found', `no active token ${tokenId}`);
-    }
+    const now = this.d.clock.now();
+    const gone =
+      t && this.mayManage(id, t.principal)
+        ? this.d.store.revokeToken(tokenId, now, now + this.d.portCooldownSeconds * 1000)
+        : null;
+    if (!t || !gone) throw new BrokerError('token_not_found', `no active token ${tokenId}`);
+    for (const r of gone.tokens)
+      this.d.changes.publish({ kind: 'token.revoked', tokenId: r.id, principal: r.principal });
+    for (const s of gone.services)
+      this.d.changes.publish({ kind: 'service.removed', service: s, reason: 'token revoked' });
+    for (const keyId of gone.keyIds) this.d.changes.publish({ kind: 'key.revoked', keyId });
     this.d.audit.record({
       actor: actorOf(id),
       action: 'token.revoke',
       target: t.principal,
       outcome: 'ok',
       source,
-      details: { tokenId },
+      details: {
+        tokenId,
+        ...(gone.tokens.length > 1 ? { tokens: gone.tokens.map((r) => r.id) } : {}),
+        ...(gone.services.length
+          ? { services: gone.services.map((s) => `${s.owner}/${s.name}`) }
+          : {}),
+        ...(gone.keyIds.length ? { keys: gone.keyIds.length } : {}),
+      },
     });
   }
 }

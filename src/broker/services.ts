@@ -6,20 +6,23 @@
 import { BrokerError } from '../protocol/errors.js';
 import type { RegisterRequest, RegisterResponse, Service } from '../protocol/types.js';
 import type { AuditLog } from './audit.js';
-import { actorOf, type Identity } from './auth.js';
+import { actorOf, mintingToken, type Identity } from './auth.js';
+import type { ChangeFeed } from './changes.js';
 import type { IssuedCertificate, Signer } from './ca/signer.js';
 import type { Clock } from './clock.js';
 import type { Config } from './config.js';
-import { canonicalIp, isLoopback, probeTcp } from './net-util.js';
+import { canonicalIp, isLocalAddress, isLoopback, probeTcp } from './net-util.js';
+import {
+  listenersOn,
+  socketPeerUid,
+  tcpSockets,
+  type TcpSocketEntry,
+} from '../host/socket-owner.js';
 import { hashSecret, newId, newSecret } from './secrets.js';
+import { serviceHostname } from '../protocol/names.js';
 import { serviceJson } from './serialize.js';
 import type { ServiceRow, Store } from './store/store.js';
 import type { CsrCheck } from './ca/csr.js';
-
-export interface ServiceEvents {
-  /** A service left the registry (unregistered, reaped, owner removed): tunnels must close. */
-  removed(service: ServiceRow, reason: string): void;
-}
 
 export interface RegistryDeps {
   store: Store;
@@ -29,10 +32,23 @@ export interface RegistryDeps {
   signer: Signer;
   csr: CsrCheck;
   publicHost: string;
-  events?: ServiceEvents;
+  changes: ChangeFeed;
   /** Probe a port for `ready` (tests may replace it). */
   probe?: (host: string, port: number) => Promise<boolean>;
+  /** Holds tunnelled services' ports on the broker host for their lease (the gateway, LOC-4). */
+  ports?: { hold(s: ServiceRow): Promise<{ held: true } | { held: false; code: string }> };
 }
+
+/** The peer of an API request, for attributing it to a local Unix user. */
+export interface RequestPeer {
+  localAddress?: string;
+  localPort?: number;
+  remoteAddress?: string;
+  remotePort?: number;
+}
+
+/** How many other ports a registration tries when the one it got is taken on the host. */
+const HOLD_ATTEMPTS = 8;
 
 const notFound = (owner: string, name: string) =>
   new BrokerError('service_not_found', `no service ${owner}/${name}`);
@@ -40,7 +56,12 @@ const notFound = (owner: string, name: string) =>
 /** May this identity see (get/load) this service? */
 export function canSee(id: Identity, s: ServiceRow): boolean {
   if (id.kind === 'service') return id.service.id === s.id;
-  return id.principal.role === 'admin' || id.principal.name === s.owner;
+  return principalMaySee(id.principal, s);
+}
+
+/** The principal part of canSee: its owner or an admin. Checked again at every verify (SES-2). */
+export function principalMaySee(p: { name: string; role: string }, s: ServiceRow): boolean {
+  return p.role === 'admin' || p.name === s.owner;
 }
 
 export class ServiceRegistry {
@@ -68,7 +89,8 @@ export class ServiceRegistry {
   }
 
   async register(id: Identity, req: RegisterRequest, source: string): Promise<RegisterResponse> {
-    const caller = this.requirePrincipal(id).principal;
+    const who = this.requirePrincipal(id);
+    const caller = who.principal;
     const { config, clock, store } = this.d;
     const mode = req.mode ?? 'tcp';
     const tunnel = req.tunnel ?? 'ssh';
@@ -92,10 +114,16 @@ export class ServiceRegistry {
     const spki = req.csr !== undefined ? await this.d.csr(req.csr) : undefined;
     // Issued before the insert (everything it needs is known), so the registration and its
     // certificate are one transaction and nothing needs undoing if issuing fails.
-    const cert = mode === 'https' ? await this.issue(caller.name, req.name, host, spki) : null;
     const now = clock.now();
     const serviceToken = newSecret('service');
     const sid = newId('svc');
+    const cert =
+      mode === 'https'
+        ? await this.issue({ owner: caller.name, name: req.name, id: sid }, spki)
+        : null;
+    // The service token ends no later than the token that registered it (SES-2).
+    const expiresAt = Math.min(now + ttlSeconds * 1000, who.tokenExpiresAt ?? Infinity);
+    if (expiresAt <= now) throw new BrokerError('unauthenticated', 'your token has expired');
     const row = store.registerService(
       {
         id: sid,
@@ -108,42 +136,112 @@ export class ServiceRegistry {
         tokenHash: hashSecret(serviceToken),
         ttlSeconds,
         createdAt: now,
-        expiresAt: now + ttlSeconds * 1000,
+        expiresAt,
         certFingerprint: cert?.fingerprint ?? null,
         certNotAfter: cert?.notAfter.getTime() ?? null,
         labels: req.labels ?? {},
-        tokenId: id.kind === 'principal' ? id.tokenId : null,
+        tokenId: mintingToken(id),
         exposure: req.exposure ?? null,
       },
       { min: config.portMin, max: config.portMax, now, requested: req.port },
     );
-    if (cert) this.auditCert(row, cert, spki !== undefined);
+    const held = tunnel === 'ssh' ? await this.holdPort(row, 'registered') : row;
+    if (cert) this.auditCert(held, cert, spki !== undefined);
     this.d.audit.record({
       actor: caller.name,
       action: 'service.register',
-      target: `${row.owner}/${row.name}`,
+      target: `${held.owner}/${held.name}`,
       outcome: 'ok',
       source,
       details: {
-        port: row.port,
+        port: held.port,
         mode,
         tunnel,
-        ...(row.exposure ? { exposure: row.exposure } : {}),
+        ...(held.exposure ? { exposure: held.exposure } : {}),
       },
     });
-    return { service: serviceJson(row), serviceToken, ...(cert ? { tls: this.tlsOf(cert) } : {}) };
+    return { service: serviceJson(held), serviceToken, ...(cert ? { tls: this.tlsOf(cert) } : {}) };
   }
 
-  /** A service certificate under broker policy: the broker chooses names and lifetime. */
+  /**
+   * Hold a tunnelled service's port on the broker host (LOC-4). A port another process has is
+   * never handed out: the service moves to another one (the old one cools down). A service that
+   * had clients (`why` = `restart`) loses its keys first: while someone else held its port, the
+   * keys clients sent there may have been collected. Throws port_range_exhausted when no port can
+   * be held (and, for a new registration, removes it).
+   */
+  async holdPort(s: ServiceRow, why: 'registered' | 'restart'): Promise<ServiceRow> {
+    const ports = this.d.ports;
+    if (!ports) return s;
+    let current = s;
+    for (let attempt = 0; ; attempt++) {
+      const r = await ports.hold(current);
+      if (r.held) return current;
+      const holders = r.code === 'EADDRINUSE' ? await this.holdersOf(current.port) : [];
+      const target = `${current.owner}/${current.name}`;
+      const keyIds = why === 'restart' ? this.d.store.deleteKeysOfService(current.id) : [];
+      for (const keyId of keyIds) this.d.changes.publish({ kind: 'key.revoked', keyId });
+      this.d.audit.record({
+        actor: null,
+        action: why === 'restart' ? 'port.squatted' : 'port.in-use',
+        target,
+        outcome: 'refused',
+        source: null,
+        details: {
+          port: current.port,
+          code: r.code,
+          uids: holders,
+          ...(why === 'restart' ? { keysRevoked: keyIds.length } : {}),
+        },
+      });
+      const now = this.d.clock.now();
+      const cooldownUntil = now + this.d.config.portCooldownSeconds * 1000;
+      const policy = { min: this.d.config.portMin, max: this.d.config.portMax, now };
+      let moved: ServiceRow | null = null;
+      try {
+        if (attempt < HOLD_ATTEMPTS)
+          moved = this.d.store.reassignPort(current.id, policy, cooldownUntil);
+      } catch (err) {
+        if (!(err instanceof BrokerError) || err.code !== 'port_range_exhausted') throw err;
+      }
+      if (!moved) {
+        if (why === 'registered') {
+          this.d.store.removeService(current.id, cooldownUntil);
+          throw new BrokerError(
+            'port_range_exhausted',
+            `no port in ${policy.min}-${policy.max} could be held on the broker host; try again later`,
+          );
+        }
+        return current;
+      }
+      current = moved;
+    }
+  }
+
+  /** The UIDs listening on a port of this host (for the audit of a taken port). */
+  private async holdersOf(port: number): Promise<number[]> {
+    try {
+      return [...new Set((await listenersOn(port)).map((l) => l.uid))];
+    } catch {
+      return [];
+    }
+  }
+
+  /**
+   * A service certificate under broker policy: the broker chooses names and lifetime (COMP-3).
+   * It names the service's own host name and nothing else — no `localhost`, no address — so a
+   * client that checks only the CA and the host name reaches no other service with it (SES-3).
+   */
   private issue(
-    owner: string,
-    name: string,
-    host: string,
+    s: { owner: string; name: string; id: string },
     spki: ArrayBuffer | undefined,
   ): Promise<IssuedCertificate> {
+    const dnsNames = [serviceHostname(s)];
+    if (this.d.config.serviceDomain) dnsNames.push(serviceHostname(s, this.d.config.serviceDomain));
     return this.d.signer.issue({
-      commonName: `${owner}/${name}`,
-      ...this.certNames(host),
+      commonName: `${s.owner}/${s.name}`,
+      dnsNames,
+      ipAddresses: [],
       usage: 'server',
       publicKeySpki: spki,
     });
@@ -177,7 +275,7 @@ export class ServiceRegistry {
         `${owner}/${name} is a tcp service; it has no certificate`,
       );
     const spki = csr !== undefined ? await this.d.csr(csr) : undefined;
-    const cert = await this.issue(s.owner, s.name, s.host, spki);
+    const cert = await this.issue(s, spki);
     const service = this.d.store.updateService(s.id, {
       certFingerprint: cert.fingerprint,
       certNotAfter: cert.notAfter.getTime(),
@@ -185,17 +283,6 @@ export class ServiceRegistry {
     if (!service) throw notFound(owner, name);
     this.auditCert(service, cert, spki !== undefined);
     return { service: serviceJson(service), tls: this.tlsOf(cert) };
-  }
-
-  /** SANs for a service certificate: chosen by the broker, never by the caller (COMP-3). */
-  private certNames(host: string): { dnsNames: string[]; ipAddresses: string[] } {
-    const dns = new Set(['localhost']);
-    const ips = new Set(['127.0.0.1', '::1']);
-    if (canonicalIp(host)) ips.add(canonicalIp(host)!);
-    const pub = this.d.publicHost;
-    if (canonicalIp(pub)) ips.add(canonicalIp(pub)!);
-    else dns.add(pub);
-    return { dnsNames: [...dns], ipAddresses: [...ips] };
   }
 
   /**
@@ -233,6 +320,101 @@ export class ServiceRegistry {
       );
     }
     return ip;
+  }
+
+  /** The Unix user behind a loopback API request, or null (remote, or not attributable). */
+  private async callerUid(peer: RequestPeer): Promise<number | null> {
+    try {
+      return await socketPeerUid(peer);
+    } catch {
+      return null;
+    }
+  }
+
+  /** Who listens where clients of `s` connect: `ours` (uid), another user, or nobody. */
+  private async listenerOwner(
+    s: ServiceRow,
+    uid: number,
+    table?: TcpSocketEntry[],
+  ): Promise<'ours' | 'nobody' | { uid: number }> {
+    const rows = (table ?? (await tcpSockets())).filter(
+      (t) =>
+        t.state === 'LISTEN' &&
+        t.local.port === s.port &&
+        (t.local.address === s.host || t.local.address === '0.0.0.0' || t.local.address === '::'),
+    );
+    // The most specific bind takes the connection: the service's own address first.
+    const exact = rows.find((t) => t.local.address === s.host) ?? rows[0];
+    if (!exact) return 'nobody';
+    return exact.uid === uid ? 'ours' : { uid: exact.uid };
+  }
+
+  private lastProbe = new Map<string, number>();
+
+  /**
+   * Watch `tunnel: none` services that are ready (LOC-4, LOC-5): on the broker host, one read of
+   * the socket table checks that each one's listener is still there and still its user's; a
+   * service whose listener went away or changed hands goes offline and loses its keys (whoever
+   * binds the free port next would collect them). Elsewhere, services that do not heartbeat are
+   * probed every third of the grace, so a server that died without a word goes offline within the
+   * grace.
+   */
+  async watchDirect(): Promise<void> {
+    const { store, clock, config } = this.d;
+    const now = clock.now();
+    const rows = store.listServices().filter((s) => s.tunnel === 'none' && s.status === 'ready');
+    if (rows.length === 0) return;
+    let table: TcpSocketEntry[] | null = null;
+    if (rows.some((s) => isLocalAddress(s.host))) table = await tcpSockets().catch(() => null);
+    const every = (config.heartbeatGraceSeconds * 1000) / 3;
+    const graceAgo = now - config.heartbeatGraceSeconds * 1000;
+    const probes: Promise<void>[] = [];
+    for (const s of rows) {
+      if (isLocalAddress(s.host) && table) {
+        const who = await this.listenerOwner(s, s.uid ?? -1, table);
+        if (who === 'ours' || (who !== 'nobody' && s.uid === null)) continue;
+        this.lose(
+          s,
+          who === 'nobody' ? 'nothing listens on its port any more' : 'its port changed hands',
+          who === 'nobody' ? null : who.uid,
+        );
+        continue;
+      }
+      if (s.heartbeatAt !== null && s.heartbeatAt >= graceAgo) continue;
+      if (now - (this.lastProbe.get(s.id) ?? 0) < every) continue;
+      this.lastProbe.set(s.id, now);
+      const probe = this.d.probe ?? probeTcp;
+      probes.push(
+        probe(s.host, s.port).then((up) => {
+          if (!up) this.lose(s, 'it stopped answering', null, false);
+        }),
+      );
+      if (probes.length >= 16) await Promise.all(probes.splice(0));
+    }
+    await Promise.all(probes);
+    for (const id of this.lastProbe.keys())
+      if (!rows.some((s) => s.id === id)) this.lastProbe.delete(id);
+  }
+
+  /** A tunnel "none" service went away: offline, and (on the broker host) its keys revoked. */
+  private lose(s: ServiceRow, reason: string, squatter: number | null, revoke = true): void {
+    const current = this.d.store.getServiceById(s.id);
+    if (!current || current.status !== 'ready') return;
+    this.d.store.updateService(s.id, { status: 'offline' });
+    const keyIds = revoke ? this.d.store.deleteKeysOfService(s.id) : [];
+    for (const keyId of keyIds) this.d.changes.publish({ kind: 'key.revoked', keyId });
+    this.d.audit.record({
+      actor: null,
+      action: squatter === null ? 'service.offline' : 'port.squatted',
+      target: `${s.owner}/${s.name}`,
+      outcome: squatter === null ? 'ok' : 'refused',
+      source: null,
+      details: {
+        reason,
+        ...(squatter !== null ? { uid: squatter, port: s.port } : {}),
+        ...(keyIds.length ? { keysRevoked: keyIds.length } : {}),
+      },
+    });
   }
 
   get(id: Identity, owner: string, name: string): Service {
@@ -285,11 +467,17 @@ export class ServiceRegistry {
         source,
         details: null,
       });
-      this.d.events?.removed(s, 'unregistered');
+      this.d.changes.publish({ kind: 'service.removed', service: s, reason: 'unregistered' });
     }
   }
 
-  async ready(id: Identity, owner: string, name: string, source: string): Promise<Service> {
+  async ready(
+    id: Identity,
+    owner: string,
+    name: string,
+    source: string,
+    peer?: RequestPeer,
+  ): Promise<Service> {
     const s = this.own(id, owner, name);
     if (s.tunnel === 'ssh') {
       throw new BrokerError(
@@ -297,14 +485,30 @@ export class ServiceRegistry {
         'a tunnelled service becomes ready when its reverse tunnel attaches to the gateway',
       );
     }
-    const probe = this.d.probe ?? probeTcp;
-    if (!(await probe(s.host, s.port))) {
-      throw new BrokerError(
-        'service_not_ready',
-        `nothing accepts connections on ${s.host}:${s.port}; start the server on that port first`,
-      );
+    // LOC-5: on the broker host, the listener must belong to the Unix user confirming it — a
+    // port another user bound first is never acknowledged as this service.
+    const uid = isLocalAddress(s.host) && peer ? await this.callerUid(peer) : null;
+    if (uid !== null) {
+      const mine = await this.listenerOwner(s, uid);
+      if (mine !== 'ours')
+        throw new BrokerError(
+          'service_not_ready',
+          mine === 'nobody'
+            ? `nothing listens on ${s.host}:${s.port}; start the server on that port first`
+            : `${s.host}:${s.port} is held by another user (uid ${mine.uid}), not by you (uid ${uid}); ` +
+                'unregister and register again for another port',
+        );
+    } else {
+      const probe = this.d.probe ?? probeTcp;
+      if (!(await probe(s.host, s.port))) {
+        throw new BrokerError(
+          'service_not_ready',
+          `nothing accepts connections on ${s.host}:${s.port}; start the server on that port first`,
+        );
+      }
     }
     const now = this.d.clock.now();
+    if (uid !== null) this.d.store.setServiceUid(s.id, uid);
     const updated = this.d.store.updateService(s.id, { status: 'ready', lastSeenAt: now });
     if (!updated) throw notFound(owner, name);
     this.d.audit.record({
@@ -318,12 +522,21 @@ export class ServiceRegistry {
     return serviceJson(updated);
   }
 
+  /**
+   * The lease a sign of life extends to: the service's TTL from now, never past the end of the
+   * token that registered it, never shorter than it already is.
+   */
+  extendedLease(s: ServiceRow, now: number): number {
+    const ttl = Math.min(s.ttlSeconds, this.d.config.serviceMaxTtlSeconds);
+    const cap = s.tokenId ? (this.d.store.getToken(s.tokenId)?.expiresAt ?? null) : null;
+    return Math.max(s.expiresAt, Math.min(now + ttl * 1000, cap ?? Infinity));
+  }
+
   heartbeat(id: Identity, owner: string, name: string): Service {
     const s = this.own(id, owner, name);
     const now = this.d.clock.now();
-    const ttl = Math.min(s.ttlSeconds, this.d.config.serviceMaxTtlSeconds);
     const updated = this.d.store.updateService(s.id, {
-      expiresAt: Math.max(s.expiresAt, now + ttl * 1000),
+      expiresAt: this.extendedLease(s, now),
       lastSeenAt: now,
       heartbeatAt: now,
       ...(s.status === 'offline' && s.tunnel === 'none' ? { status: 'ready' as const } : {}),
@@ -358,7 +571,7 @@ export class ServiceRegistry {
         source: null,
         details: { reason: 'lease expired' },
       });
-      this.d.events?.removed(s, 'lease expired');
+      this.d.changes.publish({ kind: 'service.removed', service: s, reason: 'lease expired' });
     }
     return { offline, reaped };
   }

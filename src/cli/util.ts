@@ -1,5 +1,4 @@
 /** Small helpers shared by commands: exit codes, errors, durations, output formats. */
-import { renameSync, writeFileSync } from 'node:fs';
 import { BrokerError, type ErrorCode } from '../protocol/errors.js';
 import { BrokerClient } from '../client/broker-client.js';
 import type { Io } from './io.js';
@@ -19,6 +18,8 @@ export function exitCodeFor(err: unknown): number {
   if (err instanceof BrokerError) {
     if (err.code === 'unreachable') return EXIT.unreachable;
     if (err.code === 'validation_failed' || err.code === 'bad_request') return EXIT.usage;
+    // Like `state_dir`: the set-up must change (a chmod, another directory); retrying won't help.
+    if (err.code === 'insecure_path') return EXIT.usage;
     if (NEGATIVE.has(err.code)) return EXIT.negative;
     return EXIT.negative;
   }
@@ -107,10 +108,3 @@ export async function readStdin(io: Io, maxBytes = 4096): Promise<string> {
 
 /** Wait `ms`, resolving early on abort. */
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Write a 0600 file atomically: created private (never chmod'ed), renamed over any old one. */
-export function writePrivateFile(path: string, content: string): void {
-  const tmp = `${path}.${process.pid}.tmp`;
-  writeFileSync(tmp, content, { mode: 0o600, flag: 'wx' });
-  renameSync(tmp, path);
-}

@@ -4,9 +4,10 @@
  * `requestId`, so `err.code === 'service_not_found'` works across the wire.
  */
 import { request as httpsRequest, Agent } from 'node:https';
+import { lookup as dnsLookup } from 'node:dns';
 import { checkServerIdentity } from 'node:tls';
 import { BrokerError, isErrorCode } from '../protocol/errors.js';
-import { parseServiceRef, type ServiceRef } from '../protocol/names.js';
+import { parseServiceRef, serviceHostname, type ServiceRef } from '../protocol/names.js';
 import type {
   AuditEvent,
   CreateTokenResponse,
@@ -48,6 +49,27 @@ export interface KeyInfo {
 }
 
 /**
+ * A `lookup` for node:net / node:https that resolves `localhost` and every `*.localhost` name
+ * to the loopback address, as RFC 6761 §6.3 asks and browsers and curl do — glibc does not, and
+ * each service's own name is `NAME.OWNER.localhost`. Other names go to the system resolver.
+ * @example https.get('https://nb.alice.localhost:20007/', { agent, lookup: localhostLookup })
+ */
+export const localhostLookup = ((
+  hostname: string,
+  options: { all?: boolean; family?: number } | number,
+  callback: (...args: unknown[]) => void,
+) => {
+  const o = typeof options === 'number' ? { family: options } : (options ?? {});
+  if (hostname !== 'localhost' && !hostname.endsWith('.localhost'))
+    return dnsLookup(hostname, o as never, callback as never);
+  const v6 = o.family === 6;
+  const address = v6 ? '::1' : '127.0.0.1';
+  const family = v6 ? 6 : 4;
+  if (o.all) callback(null, [{ address, family }]);
+  else callback(null, address, family);
+}) as unknown as typeof dnsLookup;
+
+/**
  * @example
  * ```ts
  * const broker = new BrokerClient();            // discovers url, token and CA
@@ -60,6 +82,11 @@ export class BrokerClient {
   private readonly timeoutMs: number;
   private who: Promise<WhoAmI> | null = null;
 
+  /**
+   * Discovers url, token and CA (DESIGN §3) for whatever `opts` leaves out.
+   * @throws BrokerError `insecure_path` when a credentials file it has to read is readable or
+   *   writable by group/other or belongs to another user (FS-5); the message gives the fix.
+   */
   constructor(opts: BrokerClientOptions = {}) {
     this.credentials = discoverCredentials(opts);
     this.timeoutMs = opts.timeoutMs ?? 10_000;
@@ -73,27 +100,38 @@ export class BrokerClient {
   }
 
   /**
-   * An https.Agent for talking to *services* (not the broker): it trusts only the broker CA and
-   * checks host names. With `service` it also checks that the certificate is that service's
-   * (the broker puts `CN=owner/name` in every service certificate), so service A's certificate
-   * presented on service B's port is refused — host names alone cannot tell them apart, since
-   * every service certificate names localhost (NET-2).
+   * An https.Agent for talking to *services* (not the broker): it trusts only the broker CA and,
+   * with `service`, checks that the certificate is that service's — its own host name
+   * (`NAME.OWNER.localhost`, the `hostname` of the Service; sent as SNI whatever the URL's host)
+   * and `CN=owner/name` — so service A's certificate presented on service B's port is refused
+   * (NET-2, SES-3). URLs may name the service (`https://nb.alice.localhost:PORT/`): the agent
+   * resolves `*.localhost` to loopback itself (glibc does not, see localhostLookup).
    * @example
    * ```ts
-   * const agent = broker.httpsAgent({ service: { owner: 'alice', name: 'nb' } });
-   * https.get('https://localhost:20007/', { agent, headers: { Authorization: `Bearer ${key}` } });
+   * const svc = await broker.get('alice/nb');
+   * const agent = broker.httpsAgent({ service: svc });
+   * https.get(`https://127.0.0.1:${svc.port}/`, { agent, headers: { Authorization: `Bearer ${key}` } });
    * ```
    */
-  httpsAgent(opts: { keepAlive?: boolean; service?: { owner: string; name: string } } = {}): Agent {
+  httpsAgent(
+    opts: {
+      keepAlive?: boolean;
+      service?: { owner: string; name: string; hostname?: string; id?: string };
+    } = {},
+  ): Agent {
     if (!this.credentials.ca)
       throw new BrokerError('unreachable', 'no broker CA: set BROKER_CA or use a credentials file');
-    const expected = opts.service ? `${opts.service.owner}/${opts.service.name}` : null;
+    const svc = opts.service;
+    const expected = svc ? `${svc.owner}/${svc.name}` : null;
+    const hostname = svc ? (svc.hostname ?? serviceHostname({ id: '', ...svc })) : undefined;
     return new Agent({
       ca: this.credentials.ca,
       minVersion: 'TLSv1.2',
       keepAlive: opts.keepAlive ?? false,
+      ...(hostname ? { servername: hostname } : {}),
+      lookup: localhostLookup,
       checkServerIdentity: (host, cert) => {
-        const err = checkServerIdentity(host, cert);
+        const err = checkServerIdentity(hostname ?? host, cert);
         if (err) return err;
         const cn = cert.subject?.CN;
         if (expected && cn !== expected) {

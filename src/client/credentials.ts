@@ -3,10 +3,16 @@
  * resolved on its own, first hit wins: explicit option → BROKER_URL / BROKER_TOKEN / BROKER_CA
  * (a path) → $XDG_CONFIG_HOME/broker/credentials.json → the local daemon's
  * <state dir>/credentials.json.
+ *
+ * A credentials file holds a token, so it is read only when nobody else can read or write it
+ * (FS-5, like ssh with a private key): owned by the caller (or root) and mode 0600 or stricter.
+ * Otherwise discovery throws `insecure_path` with the `chmod` that fixes it, rather than carry on
+ * with a token others may have seen, or a URL and CA someone else chose.
  */
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { readPrivateFile } from '../host/safe-files.js';
 
 export interface Credentials {
   url?: string;
@@ -35,15 +41,28 @@ export function userCredentialsPath(env: NodeJS.ProcessEnv): string {
   return join(env.XDG_CONFIG_HOME || join(homedir(), '.config'), 'broker', 'credentials.json');
 }
 
-function readJson(path: string): Record<string, unknown> | null {
+/**
+ * A credentials file as an object; null when it is missing, unreadable or not a JSON object.
+ * Throws BrokerError `insecure_path` when others can read or write it or it is not the caller's.
+ */
+function readCredentialsFile(path: string): Record<string, unknown> | null {
+  const text = readPrivateFile(path);
+  if (text === null) return null;
   try {
-    const v = JSON.parse(readFileSync(path, 'utf8')) as unknown;
+    const v = JSON.parse(text) as unknown;
     return typeof v === 'object' && v !== null ? (v as Record<string, unknown>) : null;
   } catch {
     return null;
   }
 }
 
+/**
+ * Resolve url, token and CA (DESIGN §3), each on its own, first hit wins. A credentials file is
+ * opened only while a field is still missing.
+ * @throws BrokerError `insecure_path` when a credentials file it opens is readable or writable
+ *   by group/other or owned by another user (the message names the file and the fix,
+ *   `chmod 600 <path>`).
+ */
 export function discoverCredentials(opts: DiscoverOptions = {}): Credentials {
   const env = opts.env ?? process.env;
   const out: Credentials = { sources: {} };
@@ -67,7 +86,7 @@ export function discoverCredentials(opts: DiscoverOptions = {}): Credentials {
   }
   for (const path of [userCredentialsPath(env), join(stateDir(env), 'credentials.json')]) {
     if (out.url !== undefined && out.token !== undefined && out.ca !== undefined) break;
-    const file = readJson(path);
+    const file = readCredentialsFile(path);
     if (!file) continue;
     take('url', file.url, path);
     take('token', file.token, path);

@@ -1,5 +1,10 @@
 /** The client SDK: talk to the broker (BrokerClient) with the shared discovery and error types. */
-export { BrokerClient, type BrokerClientOptions, type KeyInfo } from './broker-client.js';
+export {
+  BrokerClient,
+  localhostLookup,
+  type BrokerClientOptions,
+  type KeyInfo,
+} from './broker-client.js';
 export { discoverCredentials, type Credentials, type DiscoverOptions } from './credentials.js';
 export * from '../protocol/index.js';
 export { openTunnel, connect, handshake, Tunnel, type TunnelOptions } from './tunnel.js';

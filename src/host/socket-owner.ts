@@ -164,3 +164,72 @@ export function socketPeerUid(socket: {
     { address: socket.remoteAddress, port: socket.remotePort },
   );
 }
+
+/**
+ * Peer lookups for a stream of new connections, coalesced: every lookup waits for the next read
+ * of the socket tables and one read answers all that were waiting, so a flood of connects costs
+ * one read per batch, not one each.
+ */
+export class PeerUidLookup {
+  private waiting: {
+    socket: Parameters<typeof socketPeerUid>[0];
+    done: (uid: number | null) => void;
+  }[] = [];
+  private reading = false;
+
+  /** The UID behind a loopback connection this process accepted, or null (remote, gone, no /proc). */
+  lookup(socket: Parameters<typeof socketPeerUid>[0]): Promise<number | null> {
+    return new Promise((done) => {
+      this.waiting.push({ socket, done });
+      if (!this.reading) void this.read();
+    });
+  }
+
+  private async read(): Promise<void> {
+    this.reading = true;
+    while (this.waiting.length) {
+      const batch = this.waiting;
+      this.waiting = [];
+      let table: TcpSocketEntry[] = [];
+      try {
+        table = await tcpSockets();
+      } catch {
+        /* no /proc: nobody is attributed */
+      }
+      const index = new Map<string, number>();
+      for (const s of table)
+        if (s.state === 'ESTABLISHED')
+          index.set(
+            `${s.local.address}|${s.local.port}|${s.remote.address}|${s.remote.port}`,
+            s.uid,
+          );
+      for (const { socket, done } of batch) {
+        const { localAddress, localPort, remoteAddress, remotePort } = socket;
+        done(
+          localAddress && remoteAddress
+            ? (index.get(
+                `${canonicalAddress(remoteAddress)}|${remotePort}|${canonicalAddress(localAddress)}|${localPort}`,
+              ) ?? null)
+            : null,
+        );
+      }
+    }
+    this.reading = false;
+  }
+}
+
+/**
+ * `net.ipv4.ip_unprivileged_port_start` of this network namespace: ports below it can only be
+ * bound with CAP_NET_BIND_SERVICE, so no unprivileged user can ever take them (default 1024).
+ * Null when unknown.
+ */
+export async function unprivilegedPortStart(): Promise<number | null> {
+  try {
+    const v = Number(
+      (await readFile('/proc/sys/net/ipv4/ip_unprivileged_port_start', 'latin1')).trim(),
+    );
+    return Number.isInteger(v) ? v : null;
+  } catch {
+    return null;
+  }
+}

@@ -58,6 +58,11 @@ export const ERROR_CATALOGUE = {
     status: 0,
     summary: 'Client side only: the broker could not be reached or TLS failed.',
   },
+  insecure_path: {
+    status: 0,
+    summary:
+      'Client side only: a file or directory others could read or replace (a loose credentials file, an --out-dir another user can write) was refused.',
+  },
 } as const satisfies Record<string, { status: number; summary: string }>;
 
 /** A stable error code from {@link ERROR_CATALOGUE}. */

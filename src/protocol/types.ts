@@ -134,6 +134,12 @@ export interface Health {
     fingerprint: string;
     nativeCrypto?: boolean;
   };
+  /**
+   * The service port range, and whether it is protected (below the host's
+   * `net.ipv4.ip_unprivileged_port_start`: no unprivileged user can bind those ports even while
+   * the broker restarts, SECURITY.md LOC-4).
+   */
+  ports?: { range: string; protected: boolean };
 }
 
 export interface AuditEvent {

@@ -11,6 +11,7 @@ import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { localhostLookup } from '../../src/client/broker-client.js';
 import { BIN, Daemon, ROOT, issuedSecrets } from '../helpers/daemon.js';
 import { until } from '../helpers/wait.js';
 
@@ -249,7 +250,7 @@ describe('broker run --mode https', () => {
     );
     const { key, service } = (await d.api('POST', `/v1/services/${owner}/files/keys`, { body: {} }))
       .body;
-    const base = `https://localhost:${service.port}`;
+    const base = `https://${service.hostname}:${service.port}`;
     expect(await curl(['-H', `Authorization: Bearer ${key}`, `${base}/hello.txt`])).toBe(
       'file content\n',
     );
@@ -264,7 +265,7 @@ describe('broker run --mode https', () => {
     open.stdout!.on('data', (c: Buffer) => (out += c.toString()));
     await until(() => out.trim().endsWith('}'), 15_000, 'broker open');
     const url = JSON.parse(out).url as string;
-    expect(url).toMatch(/^https:\/\/localhost:\d+\/\?broker_key=bkk_/);
+    expect(url).toMatch(/^https:\/\/files\.[a-z0-9-]+\.localhost:\d+\/\?broker_key=bkk_/);
     const headers = await curl(['-D', '-', '-o', '/dev/null', url]);
     expect(headers).toMatch(/^HTTP\/1\.1 303/);
     expect(headers).toMatch(/Set-Cookie: broker_session=[^;]+; HttpOnly; Secure; SameSite=Strict/);
@@ -304,8 +305,9 @@ describe('broker run --mode https', () => {
       .body;
     const upgrade = (auth?: string) =>
       new Promise<string>((resolve, reject) => {
-        const req = httpsRequest(`https://localhost:${service.port}/ws`, {
+        const req = httpsRequest(`https://${service.hostname}:${service.port}/ws`, {
           ca: d.ca,
+          lookup: localhostLookup,
           headers: {
             Connection: 'Upgrade',
             Upgrade: 'websocket',
@@ -329,7 +331,11 @@ describe('broker run --mode https', () => {
     expect(await upgrade()).toBe('401');
     expect(await upgrade(key)).toBe('101 ws-echo:ping');
     expect(
-      await curl(['-H', `Authorization: Bearer ${key}`, `https://localhost:${service.port}/x?y=1`]),
+      await curl([
+        '-H',
+        `Authorization: Bearer ${key}`,
+        `https://${service.hostname}:${service.port}/x?y=1`,
+      ]),
     ).toBe('app saw /x?y=1');
     p.kill('SIGTERM');
   });
@@ -368,8 +374,9 @@ describe('broker run --mode https', () => {
     await until(() => conns() === 0, 5000, 'the readiness probe to close');
     // Mid-response: read 1 MiB of an endless body, then hang up.
     await new Promise<void>((resolve, reject) => {
-      const req = httpsRequest(`https://localhost:${service.port}/inf`, {
+      const req = httpsRequest(`https://${service.hostname}:${service.port}/inf`, {
         ca: d.ca,
+        lookup: localhostLookup,
         agent: false,
         headers: { Authorization: `Bearer ${key}` },
       });
@@ -408,7 +415,7 @@ describe('broker run --mode https', () => {
           '/dev/null',
           '-w',
           '%{size_download}',
-          `https://localhost:${service.port}/die`,
+          `https://${service.hostname}:${service.port}/die`,
         ]),
         (e, out) => resolve({ code: e ? Number(e.code) : 0, bytes: out }),
       ),
@@ -422,7 +429,7 @@ describe('broker run --mode https', () => {
         host: '127.0.0.1',
         port: service.port,
         ca: d.ca,
-        servername: 'localhost',
+        servername: service.hostname,
       });
       s.on('error', () => {});
       await new Promise((resolve) => s.once('secureConnect', resolve));

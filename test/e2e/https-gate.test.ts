@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BrokerClient } from '../../src/client/broker-client.js';
+import { BrokerClient, localhostLookup } from '../../src/client/broker-client.js';
 import { registerService, type BrokerService } from '../../src/server-sdk/service.js';
 import { Daemon } from '../helpers/daemon.js';
 
@@ -29,9 +29,9 @@ function run(cmd: string, args: string[]): Promise<{ code: number; out: string }
   });
 }
 
-function fingerprintOf(port: number, ca: string): Promise<string> {
+function fingerprintOf(port: number, ca: string, servername: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => {
+    const s = tlsConnect({ host: '127.0.0.1', port, ca, servername }, () => {
       resolve(s.getPeerCertificate().fingerprint256);
       s.end();
     });
@@ -80,7 +80,9 @@ describe('HTTPS service behind the SDK gate', () => {
     svc.watch(server);
     await new Promise<void>((r) => server.listen(svc.port, '127.0.0.1', r));
     await svc.ready();
-    base = `https://localhost:${svc.port}`;
+    // The service's own name: curl resolves *.localhost to loopback (RFC 6761), and the
+    // certificate names nothing else (SES-3).
+    base = `https://${svc.service.hostname}:${svc.port}`;
   });
 
   afterAll(async () => {
@@ -186,6 +188,7 @@ describe('HTTPS service behind the SDK gate', () => {
       new Promise<number>((resolve, reject) => {
         const req = request(`${base}/ws`, {
           ca: d.ca,
+          lookup: localhostLookup,
           headers: { Connection: 'Upgrade', Upgrade: 'websocket', ...headers },
         });
         req.on('upgrade', (res, socket) => {
@@ -210,7 +213,7 @@ describe('HTTPS service behind the SDK gate', () => {
       new Promise<{ status: number; socket: unknown }>((resolve, reject) => {
         const req = request(
           `${base}/k`,
-          { agent, headers: { Authorization: `Bearer ${key}` } },
+          { agent, lookup: localhostLookup, headers: { Authorization: `Bearer ${key}` } },
           (res) => {
             res.resume();
             res.on('end', () => resolve({ status: res.statusCode ?? 0, socket: req.socket }));
@@ -220,12 +223,12 @@ describe('HTTPS service behind the SDK gate', () => {
         req.end();
       });
     const first = await get();
-    const before = await fingerprintOf(svc.port, d.ca);
+    const before = await fingerprintOf(svc.port, d.ca, svc.service.hostname);
     await svc.renewNow();
     const second = await get();
     expect(second.status).toBe(200);
     expect(second.socket).toBe(first.socket); // the same TLS connection survived
-    expect(await fingerprintOf(svc.port, d.ca)).not.toBe(before); // new connections get the new cert
+    expect(await fingerprintOf(svc.port, d.ca, svc.service.hostname)).not.toBe(before); // new connections get the new cert
     agent.destroy();
   });
 
@@ -242,7 +245,7 @@ describe('HTTPS service behind the SDK gate', () => {
     const port = (fake.address() as { port: number }).port;
     const get = (agent: Agent) =>
       new Promise<string>((resolve, reject) =>
-        request(`https://localhost:${port}/`, { agent }, (res) => {
+        request(`https://127.0.0.1:${port}/`, { agent }, (res) => {
           let b = '';
           res.on('data', (c) => (b += c));
           res.on('end', () => resolve(b));
@@ -252,7 +255,7 @@ describe('HTTPS service behind the SDK gate', () => {
       );
     const owner = svc.service.owner;
     await expect(get(broker.httpsAgent({ service: { owner, name: 'notebook' } }))).rejects.toThrow(
-      /not for the service/,
+      /not for the service|does not match certificate/,
     );
     await expect(get(broker.httpsAgent({ service: { owner, name: 'impostor' } }))).resolves.toBe(
       'impostor',
@@ -287,7 +290,7 @@ describe('HTTPS service behind the SDK gate', () => {
       '-subj',
       `/CN=${svc.service.owner}\\/notebook`,
       '-addext',
-      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      `subjectAltName=DNS:${svc.service.hostname},DNS:localhost,IP:127.0.0.1`,
       '-days',
       '1',
       '-keyout',
@@ -307,13 +310,14 @@ describe('HTTPS service behind the SDK gate', () => {
     await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
     const port = (fake.address() as { port: number }).port;
     expect(
-      (await run('curl', ['-sS', '--cacert', caFile, `https://localhost:${port}/`])).code,
+      (await run('curl', ['-sS', '--cacert', caFile, `https://${svc.service.hostname}:${port}/`]))
+        .code,
     ).not.toBe(0);
     const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
-    const agent = broker.httpsAgent({ service: { owner: svc.service.owner, name: 'notebook' } });
+    const agent = broker.httpsAgent({ service: svc.service });
     await expect(
       new Promise((resolve, reject) =>
-        request(`https://localhost:${port}/`, { agent }, resolve).on('error', reject).end(),
+        request(`https://127.0.0.1:${port}/`, { agent }, resolve).on('error', reject).end(),
       ),
     ).rejects.toThrow(/self-signed|unable to verify|certificate/i);
     fake.close();
@@ -352,7 +356,11 @@ describe('HTTPS service behind the SDK gate', () => {
     });
     expect(r.code, r.stderr).toBe(0);
     const { url } = JSON.parse(r.stdout);
-    expect(url).toMatch(new RegExp(`^https://localhost:${svc.port}/\\?broker_key=bkk_`));
+    expect(url).toMatch(
+      new RegExp(
+        `^https://${svc.service.hostname.replaceAll('.', '\\.')}:${svc.port}/\\?broker_key=bkk_`,
+      ),
+    );
     const hdrs = await run('curl', ['-sS', '-D', '-', '-o', '/dev/null', '--cacert', caFile, url]);
     expect(hdrs.out).toMatch(/^HTTP\/1\.1 303/);
     const tcp = await d.api('POST', '/v1/services', {
@@ -391,7 +399,7 @@ describe('mTLS: client certificates from the broker CA', () => {
       res.end(`hello ${(req as { brokerPrincipal?: string }).brokerPrincipal}`);
     });
     await new Promise<void>((r) => server.listen(svc.port, '127.0.0.1', r));
-    base = `https://localhost:${svc.port}/`;
+    base = `https://${svc.service.hostname}:${svc.port}/`;
   });
   afterAll(async () => {
     server?.close();

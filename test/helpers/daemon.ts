@@ -31,6 +31,8 @@ export interface DaemonOptions {
   config?: Record<string, unknown>;
   /** Options for node itself, before the script (e.g. `--import` a fault injector). */
   nodeArgs?: string[];
+  /** A command the daemon runs under, e.g. `['ip', 'netns', 'exec', 'NS']`. */
+  wrap?: string[];
 }
 
 export interface ApiResponse<T = unknown> {
@@ -98,7 +100,8 @@ export class Daemon {
       ...(this.opts.config ? ['--config', this.configFile(this.opts.config)] : []),
       ...(this.opts.extraArgs ?? []),
     ];
-    this.proc = spawn(process.execPath, args, {
+    const [cmd, ...pre] = [...(this.opts.wrap ?? []), process.execPath];
+    this.proc = spawn(cmd!, [...pre, ...args], {
       env: { ...this.env(), ...this.opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });

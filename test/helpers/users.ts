@@ -83,10 +83,23 @@ export function spawnAs(
   };
   for (const [k, v] of Object.entries(opts.env ?? {})) if (v !== undefined) env[k] = v;
   const assignments = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+  // Its own process group: runuser waits for the command in a child, so killing runuser alone
+  // would leave the command running (see killAs).
   return spawn('runuser', ['-u', user.name, '--', 'env', '-i', ...assignments, cmd, ...args], {
     cwd: opts.cwd ?? '/',
     stdio: opts.stdio ?? ['pipe', 'pipe', 'pipe'],
+    detached: true,
   });
+}
+
+/** Kill a process started by spawnAs and everything in its process group. */
+export function killAs(p: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): void {
+  if (p.pid === undefined || p.exitCode !== null || p.signalCode !== null) return;
+  try {
+    process.kill(-p.pid, signal);
+  } catch {
+    p.kill(signal); // not a group leader (spawned without spawnAs)
+  }
 }
 
 /** Run `cmd args` as `user` to completion: exit code, stdout, stderr. */
@@ -107,7 +120,7 @@ export function runAs(
     let stderr = '';
     p.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
     p.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
-    const timer = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
+    const timer = setTimeout(() => killAs(p), opts.timeoutMs ?? 30_000);
     p.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr });

@@ -89,8 +89,9 @@ describe('https service certificates', () => {
     const text = await x509Text(readFileSync(join(dir, 'cert.pem'), 'utf8'));
     expect(text).toMatch(/CA:FALSE/);
     expect(text).toMatch(/TLS Web Server Authentication/);
-    expect(text).toMatch(/DNS:localhost/);
-    expect(text).toMatch(/IP Address:127\.0\.0\.1/);
+    // SES-3: the service's own name and nothing else — no localhost, no address.
+    const san = /X509v3 Subject Alternative Name:.*\n\s*(.+)/.exec(text)![1]!.trim();
+    expect(san).toBe(`DNS:web.${owner}.localhost`);
     expect(text).toMatch(new RegExp(`Subject: CN ?= ?${owner}/web`));
     const serial = /Serial Number:\s*\n?\s*([0-9a-f:]+)/i.exec(text)![1]!.replace(/:/g, '');
     expect(serial.length * 4).toBeGreaterThanOrEqual(64);
@@ -162,9 +163,14 @@ describe('https service certificates', () => {
     );
     servers.push(srv);
     await new Promise<void>((r) => srv.listen(service.port, '127.0.0.1', r));
-    const ok = await run('curl', ['-sS', '--cacert', caFile, `https://localhost:${service.port}/`]);
+    const url = `https://${service.hostname}:${service.port}/`;
+    const ok = await run('curl', ['-sS', '--cacert', caFile, url]);
     expect(ok.out).toBe('hello over tls');
-    expect((await run('curl', ['-sS', `https://localhost:${service.port}/`])).code).not.toBe(0);
+    expect((await run('curl', ['-sS', url])).code).not.toBe(0);
+    // Not for localhost either: another user's page on localhost cannot pass for it (SES-3).
+    expect(
+      (await run('curl', ['-sS', '--cacert', caFile, `https://localhost:${service.port}/`])).code,
+    ).not.toBe(0);
     // Service A's certificate is not valid for a name the broker did not put in it.
     expect(
       (

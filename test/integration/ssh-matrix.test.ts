@@ -363,12 +363,13 @@ async function perform(
           return { ...o, result: 'broken', detail: 'refused, yet a listener appeared' };
         return o;
       }
-      // Allowed: the service's port is published on 127.0.0.1 only and carries data.
+      // Allowed: the service's port is published on loopback only (127.0.0.1 and ::1, both held
+      // by the broker since registration) and carries data.
       const real = lastReverse;
       if (real !== ports.tokenService)
         return { ...o, result: 'broken', detail: `published ${real}, not the allocated port` };
       const addrs = listeners(real);
-      if (addrs.join(',') !== '0100007F')
+      if (addrs.join(',') !== '00000000000000000000000001000000,0100007F')
         return { ...o, result: 'broken', detail: `listening on ${addrs.join(',')}` };
       const s = netConnect({ host: '127.0.0.1', port: real });
       sockets.add(s);
@@ -462,7 +463,12 @@ beforeAll(async () => {
   startedAt = new Date(Date.now() - 1000).toISOString();
   tmp = mkdtempSync(join(tmpdir(), 'ssh-matrix-'));
   unixSentinel = join(tmp, 'sentinel.sock');
-  d = await Daemon.start({ portRange: `${RANGE_MIN}-${RANGE_MAX}` });
+  // The matrix fails hundreds of logins from one local user on purpose: lift the per-source
+  // penalty (tested on its own in ssh-fairness) so every row is judged by policy alone.
+  d = await Daemon.start({
+    portRange: `${RANGE_MIN}-${RANGE_MAX}`,
+    config: { sshMaxAuthFailuresPerSource: 1_000_000 },
+  });
   const health = await d.api('GET', '/v1/health', { token: null });
   expect(health.status).toBe(200);
   gw = { port: health.body.gateway.port, fingerprint: health.body.gateway.fingerprint };
@@ -496,10 +502,9 @@ beforeAll(async () => {
     token: none.serviceToken,
   });
   expect(ready.status, ready.text).toBe(200);
-  // The registry's readiness probe was one connection; only the gateway's count from here on.
-  for (let k = 0; k < 100 && seen.ownNone < 1; k++) await new Promise((r) => setTimeout(r, 10));
-  expect(seen.ownNone).toBe(1);
-  seen.ownNone = 0;
+  // On the broker host `ready` reads the kernel's socket table (whose listener is it?) instead
+  // of connecting: the service saw no connection; only the gateway's count from here on.
+  expect(seen.ownNone).toBe(0);
   await waitReady('alice', 'tun');
   await waitReady('carol', 'tun');
   await waitReady('alice', 'none');

@@ -1,7 +1,8 @@
 /** Leases, heartbeats and key expiry with an injected clock (no sleeping). */
 import { describe, expect, it } from 'vitest';
 import { AuditLog } from '../../src/broker/audit.js';
-import type { Identity } from '../../src/broker/auth.js';
+import { PrincipalCache, type Identity } from '../../src/broker/auth.js';
+import { ChangeFeed } from '../../src/broker/changes.js';
 import { LocalCA } from '../../src/broker/ca/local-ca.js';
 import { checkCsr } from '../../src/broker/ca/csr.js';
 import { ManualClock } from '../../src/broker/clock.js';
@@ -26,6 +27,10 @@ async function setup() {
     issue: () => Promise.reject(new Error('no')),
   } as unknown as LocalCA;
   const removed: string[] = [];
+  const changes = new ChangeFeed();
+  changes.subscribe((c) => {
+    if (c.kind === 'service.removed') removed.push(`${c.service.name}:${c.reason}`);
+  });
   const registry = new ServiceRegistry({
     store,
     config,
@@ -34,7 +39,7 @@ async function setup() {
     signer,
     csr: checkCsr,
     publicHost: '127.0.0.1',
-    events: { removed: (s, why) => removed.push(`${s.name}:${why}`) },
+    changes,
     probe: async () => true,
   });
   const keys = new KeyService({
@@ -46,12 +51,15 @@ async function setup() {
     caCertPem: '',
     publicHost: '127.0.0.1',
     sshPort: () => 7722,
+    principals: new PrincipalCache(store, clock, changes),
+    changes,
   });
   store.createPrincipal({ name: 'alice', role: 'user', disabled: false, createdAt: clock.now() });
   const alice: Identity = {
     kind: 'principal',
     principal: store.getPrincipal('alice')!,
     tokenId: 't',
+    tokenExpiresAt: null,
   };
   const reg = await registry.register(
     alice,

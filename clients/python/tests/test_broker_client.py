@@ -32,10 +32,25 @@ def fake_secret(prefix):
     return prefix + "".join(secrets.choice(ALPHABET) for _ in range(43))
 
 
-def write_json(path, data):
+def write_json(path, data, mode=0o600):
+    """A credentials file as a user writes it: private (0600) unless ``mode`` says otherwise."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as f:
         json.dump(data, f)
+    os.chmod(path, mode)  # the test's set-up, whatever the umask
+
+
+def other_user():
+    """(uid, gid) of another user for chown (bt-mallory when the TS tests created her), or None
+    when this process cannot chown (not root)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    import pwd
+    try:
+        pw = pwd.getpwnam("bt-mallory")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return 65534, 65534  # nobody
 
 
 class DiscoveryTest(unittest.TestCase):
@@ -141,6 +156,55 @@ class DiscoveryTest(unittest.TestCase):
         self.assertTrue(ctx.check_hostname)
         self.assertGreaterEqual(ctx.minimum_version, ssl.TLSVersion.TLSv1_2)
         self.assertEqual(len(ctx.get_ca_certs()), 1)  # the pinned CA only, no system roots
+
+
+class CredentialFileModeTest(unittest.TestCase):
+    """FS-5: a credentials file holds a token; like ssh with a private key, the client refuses
+    one that group/other may read or write, or that another user owns, and says the fix."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="broker-pytest-mode-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.cfg = os.path.join(self.tmp, "cfg")
+        self.path = os.path.join(self.cfg, "broker", "credentials.json")
+        self.env = {"HOME": self.tmp, "PATH": os.environ.get("PATH", ""), "XDG_CONFIG_HOME": self.cfg}
+
+    def discover(self):
+        with mock.patch.dict(os.environ, self.env, clear=True):
+            return discover_credentials()
+
+    def refused(self, fn):
+        with mock.patch.dict(os.environ, self.env, clear=True):
+            with self.assertRaises(BrokerError) as cm:
+                fn()
+        self.assertEqual(cm.exception.code, "insecure_path")
+        self.assertIn(self.path, cm.exception.message)
+        self.assertNotIn("bku_secret", str(cm.exception))
+        return cm.exception
+
+    def test_group_or_other_access_is_refused_with_the_chmod(self):
+        for mode in (0o644, 0o640, 0o604, 0o620, 0o666):
+            with self.subTest(mode=oct(mode)):
+                write_json(self.path, {"url": "https://cfg", "token": "bku_secret", "ca": "PEM"}, mode)
+                err = self.refused(discover_credentials)
+                self.assertIn(f"chmod 600 {self.path}", err.message)
+                self.refused(lambda: BrokerClient(ca="-----BEGIN CERTIFICATE-----\nx"))
+
+    def test_private_files_are_used(self):
+        for mode in (0o600, 0o400):
+            with self.subTest(mode=oct(mode)):
+                write_json(self.path, {"url": "https://cfg", "token": "bku_secret", "ca": "PEM"}, mode)
+                self.assertEqual(self.discover(), {"url": "https://cfg", "token": "bku_secret", "ca_pem": "PEM"})
+
+    def test_a_file_of_another_user_is_refused(self):
+        other = other_user()
+        if other is None:
+            print("\nSKIPPED chown case: needs root", flush=True)
+            self.skipTest("chown to another user needs root")
+        write_json(self.path, {"url": "https://mallory", "token": "bku_secret", "ca": "PEM"})
+        os.chown(self.path, *other)
+        err = self.refused(discover_credentials)
+        self.assertIn(f"owned by uid {other[0]}", err.message)
 
 
 class DaemonTest(unittest.TestCase):

@@ -4,6 +4,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -11,7 +12,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import broker_daemon  # noqa: E402
-from broker_client import BrokerClient, GatedRequestHandler  # noqa: E402
+from broker_client import BrokerClient, GatedRequestHandler, gate_socket  # noqa: E402
 
 
 class Echo(GatedRequestHandler, socketserver.BaseRequestHandler):
@@ -77,6 +78,61 @@ class GateTest(unittest.TestCase):
         self.assertEqual(talk(self.port, b"no key\nhello"), b"DENIED\n")
         self.assertEqual(talk(self.port, b"a" * 600), b"DENIED\n")
         self.assertEqual(self.server.reached, before)
+
+
+class NoVerify:
+    """A client whose verify must not be reached: no key line is ever complete."""
+
+    def verify(self, key):
+        raise AssertionError("verify called without a complete key line")
+
+
+class GateDeadlineTest(unittest.TestCase):
+    """The key line has one deadline, not one per recv: a client dribbling a byte every 0.2 s
+    (under the per-recv limit) must still be cut off when ``timeout`` has passed."""
+
+    def test_a_dribbling_client_is_denied_at_the_deadline(self):
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        attacker = socket.create_connection(listener.getsockname())
+        self.addCleanup(attacker.close)
+        conn, _ = listener.accept()
+        stop = threading.Event()
+
+        def dribble():
+            try:
+                while not stop.is_set():
+                    attacker.sendall(b"k")
+                    stop.wait(0.2)
+            except OSError:
+                pass  # the gate hung up: expected
+
+        threading.Thread(target=dribble, daemon=True).start()
+        result, done = [], threading.Event()
+        started = time.monotonic()
+
+        def gate():
+            result.append(gate_socket(conn, NoVerify(), timeout=1.0))
+            done.set()
+
+        threading.Thread(target=gate, daemon=True).start()
+        finished = done.wait(4.0)
+        elapsed = time.monotonic() - started
+        stop.set()  # on a per-recv timeout the gate would still be reading here
+        self.assertTrue(finished, "the gate was still reading the key line after 4 s (limit 1 s)")
+        self.assertLess(elapsed, 2.5)  # 1 s deadline + the 0.5 s drain after DENIED
+        self.assertEqual(result, [None])
+        attacker.settimeout(3)
+        got = b""
+        try:
+            while b"DENIED\n" not in got:
+                chunk = attacker.recv(64)
+                if not chunk:
+                    break
+                got += chunk
+        except OSError:
+            pass
+        self.assertIn(b"DENIED\n", got)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,14 @@
 import { createHash, randomBytes, webcrypto } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import 'reflect-metadata';
+import { AsnConvert } from '@peculiar/asn1-schema';
+import {
+  GeneralName,
+  GeneralSubtree,
+  GeneralSubtrees,
+  NameConstraints,
+  id_ce_nameConstraints,
+} from '@peculiar/asn1-x509';
 import * as x509 from '@peculiar/x509';
 import type { StateDir } from '../state-dir.js';
 import type { IssueRequest, IssuedCertificate, Lifetimes, Signer } from './signer.js';
@@ -44,6 +52,35 @@ function fromPem(pem: string): Buffer {
   return Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
 }
 
+/**
+ * What the CA may name (RFC 5280 §4.2.1.10, permitted subtrees): DNS names and their subdomains
+ * (`localhost` covers every `*.localhost` service name) and IP ranges in CIDR form. A leaf naming
+ * anything else does not verify under this root in any client that enforces name constraints
+ * (OpenSSL, so Node, curl and Python; browsers), so a user who trusts the broker CA trusts it for
+ * nothing but the broker (SECURITY.md SES-3).
+ */
+export interface CaNameConstraints {
+  dnsNames: string[];
+  ipRanges: string[];
+}
+
+/** The DER of a critical nameConstraints extension permitting exactly `c`. */
+function nameConstraintsValue(c: CaNameConstraints): ArrayBuffer {
+  const subtree = (base: GeneralName) => new GeneralSubtree({ base });
+  return AsnConvert.serialize(
+    new NameConstraints({
+      permittedSubtrees: new GeneralSubtrees([
+        ...c.dnsNames.map((dNSName) => subtree(new GeneralName({ dNSName }))),
+        ...c.ipRanges.map((iPAddress) => subtree(new GeneralName({ iPAddress }))),
+      ]),
+    }),
+  );
+}
+
+function sameBytes(a: ArrayBuffer | undefined, b: ArrayBuffer): boolean {
+  return a !== undefined && Buffer.from(a).equals(Buffer.from(b));
+}
+
 export async function generateKeyPair(): Promise<CryptoKeyPair> {
   return (await subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
 }
@@ -60,32 +97,66 @@ export class LocalCA implements Signer {
     readonly caCertPem: string,
   ) {}
 
-  /** Load the CA from the state dir, creating it on first start. */
+  /**
+   * Load the CA from the state dir, creating it on first start. With `constraints`, the root
+   * carries them; a root whose constraints differ (an older broker's, or the site's names
+   * changed) is re-issued with the same key, subject and key identifier, so certificates it
+   * signed and clients that pinned the old root keep verifying — clients pick up the constraints
+   * when they fetch the CA again (`broker ca`).
+   */
   static async open(
     dir: StateDir,
     lifetimes: Lifetimes,
-    commonName = 'Session Broker CA',
+    opts: { commonName?: string; constraints?: CaNameConstraints } = {},
   ): Promise<LocalCA> {
     const keyPath = dir.file('caKey');
     const certPath = dir.file('caCert');
+    const wanted = opts.constraints ? nameConstraintsValue(opts.constraints) : null;
     if (existsSync(keyPath) && existsSync(certPath)) {
-      const key = await subtle.importKey(
-        'pkcs8',
-        fromPem(readFileSync(keyPath, 'utf8')),
-        EC,
-        false,
-        ['sign'],
-      );
-      const pem = readFileSync(certPath, 'utf8');
-      return new LocalCA(new x509.X509Certificate(pem), key as CryptoKey, lifetimes, pem);
+      const pkcs8 = fromPem(readFileSync(keyPath, 'utf8'));
+      const key = await subtle.importKey('pkcs8', pkcs8, EC, false, ['sign']);
+      let pem = readFileSync(certPath, 'utf8');
+      let cert = new x509.X509Certificate(pem);
+      if (wanted && !sameBytes(cert.getExtension(id_ce_nameConstraints)?.value, wanted)) {
+        const publicKey = await cert.publicKey.export(EC, ['verify'], webcrypto as never);
+        cert = await LocalCA.selfSign(
+          { privateKey: key as CryptoKey, publicKey: publicKey as CryptoKey },
+          cert.subject,
+          cert.notAfter,
+          wanted,
+        );
+        pem = cert.toString('pem') + '\n';
+        dir.writePrivate('caCert', pem);
+      }
+      return new LocalCA(cert, key as CryptoKey, lifetimes, pem);
     }
     const keys = await generateKeyPair();
     const now = new Date();
-    const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    const cert = await LocalCA.selfSign(
+      keys,
+      `CN=${opts.commonName ?? 'Session Broker CA'} ${now.toISOString().slice(0, 10)}`,
+      new Date(now.getTime() + 10 * 365 * 86400_000),
+      wanted,
+    );
+    const pem = cert.toString('pem') + '\n';
+    // Key first: a crash between the two leaves no certificate without its key.
+    dir.writePrivate('caKey', await exportKeyPem(keys.privateKey));
+    dir.writePrivate('caCert', pem);
+    return new LocalCA(cert, keys.privateKey, lifetimes, pem);
+  }
+
+  /** The root: CA:true with path length 0, keyCertSign/cRLSign, SKI, and the name constraints. */
+  private static async selfSign(
+    keys: CryptoKeyPair,
+    name: string,
+    notAfter: Date,
+    constraints: ArrayBuffer | null,
+  ): Promise<x509.X509Certificate> {
+    return x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: serial(),
-      name: `CN=${commonName} ${now.toISOString().slice(0, 10)}`,
-      notBefore: new Date(now.getTime() - 60_000),
-      notAfter: new Date(now.getTime() + 10 * 365 * 86400_000),
+      name,
+      notBefore: new Date(Date.now() - 60_000),
+      notAfter,
       keys,
       signingAlgorithm: SIGN,
       extensions: [
@@ -95,13 +166,9 @@ export class LocalCA implements Signer {
           true,
         ),
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+        ...(constraints ? [new x509.Extension(id_ce_nameConstraints, true, constraints)] : []),
       ],
     });
-    const pem = cert.toString('pem') + '\n';
-    // Key first: a crash between the two leaves no certificate without its key.
-    dir.writePrivate('caKey', await exportKeyPem(keys.privateKey));
-    dir.writePrivate('caCert', pem);
-    return new LocalCA(cert, keys.privateKey, lifetimes, pem);
   }
 
   private clampLifetime(requested: number | undefined): number {

@@ -17,14 +17,19 @@ import ssh2 from 'ssh2';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit.js';
 import { actorOf, type Authenticator, type Identity } from '../auth.js';
+import type { ChangeFeed, RegistryChange } from '../changes.js';
 import type { Clock } from '../clock.js';
 import type { Config } from '../config.js';
-import { canonicalIp } from '../net-util.js';
+import type { FailureLimiter } from '../limiter.js';
+import { canonicalIp, isLoopback } from '../net-util.js';
 import { canSee } from '../services.js';
 import type { ServiceRow, Store } from '../store/store.js';
 import { sshFingerprint, type HostKey } from './host-key.js';
+import { PreauthSlots } from './preauth.js';
+import { PublishedPorts, type HoldResult } from './published-ports.js';
 import { verifySignature } from './public-keys.js';
 import { splice } from '../../protocol/splice.js';
+import type { PeerUidLookup } from '../../host/socket-owner.js';
 
 type Connection = ssh2.Connection;
 
@@ -57,6 +62,8 @@ export interface GatewayLimits {
   authTimeoutMs: number;
   maxAuthTries: number;
   maxUnauthenticated: number;
+  /** Unauthenticated connections of one source (a local UID or a remote address). */
+  maxUnauthenticatedPerSource: number;
   maxConnections: number;
   maxChannelsPerConnection: number;
   maxChannels: number;
@@ -71,13 +78,17 @@ export interface GatewayDeps {
   clock: Clock;
   hostKey: HostKey;
   limits: GatewayLimits;
+  changes: ChangeFeed;
+  /** Attributes loopback connections to a local UID (the pre-auth slots are shared per UID). */
+  peers: PeerUidLookup;
+  /** Failed logins per source; a source past its budget is refused at connect (penalties). */
+  authFailures: FailureLimiter;
 }
 
-/** A published reverse tunnel: the broker's loopback listener for one service. */
+/** A reverse tunnel attached to a service's held port. */
 interface Tunnel {
   serviceId: string;
   conn: Connection;
-  listener: NetServer;
   bindAddr: string;
   port: number;
   channels: Set<Duplex>;
@@ -86,11 +97,16 @@ interface Tunnel {
 interface ConnState {
   conn: Connection;
   socket: Socket;
+  /** The peer's address, for the audit. */
   source: string;
+  /** Who the pre-auth slot and the penalties are counted for: `uid:N` or `ip:ADDR`. */
+  sourceKey: string;
   identity: Identity | null;
-  channels: Set<Duplex>;
-  /** Channels that count against the per-connection cap (one per forward). */
+  /** The client's own channels, with the service each reaches (re-checked on changes). */
+  channels: Map<Duplex, string>;
+  /** Channels that count against the per-connection cap (one per forward, reserved first). */
   open: number;
+  expiry: NodeJS.Timeout | null;
 }
 
 /** Channel types the gateway listens for (and audits itself); ssh2 refuses the rest. */
@@ -113,11 +129,15 @@ export class Gateway {
   private readonly net: NetServer;
   private readonly ssh: ssh2.Server;
   private readonly tunnels = new Map<string, Tunnel>();
+  /** Listeners held for every live tunnelled service (LOC-4). */
+  readonly ports: PublishedPorts;
   /** Client channels by service id, so unregistering can close them at once (COMP-5). */
   private readonly serviceChannels = new Map<string, Set<Duplex>>();
   private readonly conns = new Set<ConnState>();
+  /** Every accepted socket, authenticated or not, so shutdown never waits on a silent one. */
+  private readonly sockets = new Set<Socket>();
   private readonly pending = new Map<string, (conn: Connection) => void>();
-  private unauthenticated = 0;
+  private readonly preauth: PreauthSlots;
   private channelCount = 0;
   bytesForwarded = 0;
 
@@ -134,9 +154,15 @@ export class Gateway {
         else conn.end();
       },
     );
-    this.net = createNetServer((socket) => this.accept(socket));
+    this.net = createNetServer((socket) => void this.accept(socket));
     this.net.maxConnections = d.limits.maxConnections;
     this.net.on('error', (err) => d.log.error({ err }, 'gateway listener error'));
+    this.preauth = new PreauthSlots({
+      max: d.limits.maxUnauthenticated,
+      perSource: d.limits.maxUnauthenticatedPerSource,
+    });
+    this.ports = new PublishedPorts((serviceId, sock) => this.publishedConnection(serviceId, sock));
+    d.changes.subscribe((c) => this.follow(c));
   }
 
   listen(host: string, port: number): Promise<number> {
@@ -166,6 +192,19 @@ export class Gateway {
     return this.channelCount;
   }
 
+  /** Unauthenticated connections now. */
+  get unauthenticated(): number {
+    return this.preauth.size;
+  }
+
+  /**
+   * Hold a tunnelled service's port for its lease (LOC-4). False when another process on this
+   * host has it (the caller moves the service to another port).
+   */
+  hold(s: ServiceRow): Promise<HoldResult> {
+    return this.ports.hold(s.id, s.port);
+  }
+
   private event(
     actor: string | null,
     action: string,
@@ -173,27 +212,77 @@ export class Gateway {
     outcome: 'ok' | 'refused',
     source: string,
     details: Record<string, unknown> | null,
+    dedupeKey?: string,
   ) {
-    this.d.audit.record({ actor, action, target, outcome, source, details });
+    this.d.audit.record({ actor, action, target, outcome, source, details }, dedupeKey);
   }
 
-  private accept(socket: Socket): void {
+  /**
+   * A new TCP connection. Loopback peers are attributed to their Unix user first, so pre-auth
+   * slots and failed-login penalties are counted per user, not per 127.0.0.1 (LOC-5).
+   */
+  private async accept(socket: Socket): Promise<void> {
     socket.setNoDelay(true);
     socket.on('error', () => socket.destroy());
-    if (this.unauthenticated >= this.d.limits.maxUnauthenticated) {
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    const source = canonicalIp(socket.remoteAddress ?? '') ?? 'unknown';
+    let sourceKey = `ip:${source}`;
+    if (isLoopback(source)) {
+      const uid = await this.d.peers.lookup(socket);
+      if (uid !== null) sourceKey = `uid:${uid}`;
+    }
+    if (socket.destroyed) return;
+    if (this.d.authFailures.blocked(sourceKey) > 0) {
+      // PerSourcePenalties: a source that failed too many logins waits out its block.
+      this.event(
+        null,
+        'ssh.connect',
+        null,
+        'refused',
+        source,
+        { reason: 'penalty', source: sourceKey },
+        `ssh-penalty\0${sourceKey}`,
+      );
       socket.destroy();
       return;
     }
-    const source = canonicalIp(socket.remoteAddress ?? '') ?? 'unknown';
-    this.unauthenticated++;
-    let counted = true;
-    const uncount = () => {
-      if (counted) this.unauthenticated--;
-      counted = false;
-    };
-    socket.once('close', uncount);
+    const release = this.preauth.admit(sourceKey, () => {
+      this.event(
+        null,
+        'ssh.connect',
+        null,
+        'refused',
+        source,
+        { reason: 'pre-auth slot given to another source', source: sourceKey },
+        `ssh-evict\0${sourceKey}`,
+      );
+      socket.destroy();
+    });
+    if (!release) {
+      this.event(
+        null,
+        'ssh.connect',
+        null,
+        'refused',
+        source,
+        { reason: 'too many unauthenticated connections', source: sourceKey },
+        `ssh-full\0${sourceKey}`,
+      );
+      socket.destroy();
+      return;
+    }
+    socket.once('close', release);
     const timer = setTimeout(() => {
-      this.event(null, 'ssh.auth', null, 'refused', source, { reason: 'authentication timeout' });
+      this.event(
+        null,
+        'ssh.auth',
+        null,
+        'refused',
+        source,
+        { reason: 'authentication timeout', source: sourceKey },
+        `ssh-timeout\0${sourceKey}`,
+      );
       socket.destroy();
     }, this.d.limits.authTimeoutMs);
     timer.unref();
@@ -205,9 +294,11 @@ export class Gateway {
         conn,
         socket,
         source,
+        sourceKey,
         identity: null,
-        channels: new Set(),
+        channels: new Map(),
         open: 0,
+        expiry: null,
       };
       this.conns.add(state);
       this.auditUnknownChannels(state);
@@ -217,7 +308,18 @@ export class Gateway {
       let tries = 0;
       const fail = (username: string, method: string) => {
         tries++;
-        this.event(username.slice(0, 40), 'ssh.auth', null, 'refused', source, { method, tries });
+        this.d.authFailures.fail(sourceKey);
+        // One row per source and window, whatever user names it tries (LOG-2): the first name
+        // and a count, not a row per guess.
+        this.event(
+          username.slice(0, 40),
+          'ssh.auth',
+          null,
+          'refused',
+          source,
+          { method, source: sourceKey },
+          `ssh-auth-refused\0${sourceKey}`,
+        );
       };
       conn.on('authentication', (ctx) => {
         // SSH-3: after the last try nothing more is even looked at; the connection is dropped.
@@ -255,8 +357,17 @@ export class Gateway {
       });
       conn.on('ready', () => {
         clearTimeout(timer);
-        uncount();
-        this.event(actorOf(state.identity!), 'ssh.login', null, 'ok', source, null);
+        release();
+        const id = state.identity!;
+        // A connection lives no longer than the credential it was opened with (SES-2).
+        if (id.kind === 'principal' && id.tokenExpiresAt !== null) {
+          state.expiry = setTimeout(
+            () => this.endConnection(state, 'token expired'),
+            Math.max(0, id.tokenExpiresAt - this.d.clock.now()),
+          );
+          state.expiry.unref();
+        }
+        this.event(actorOf(id), 'ssh.login', null, 'ok', source, null);
         this.wire(state);
       });
     });
@@ -299,7 +410,12 @@ export class Gateway {
     if (!row || !principal || principal.disabled) return null;
     return {
       key: row.key,
-      identity: { kind: 'principal', principal, tokenId: `ssh:${row.fingerprint}` },
+      identity: {
+        kind: 'principal',
+        principal,
+        tokenId: `ssh:${row.fingerprint}`,
+        tokenExpiresAt: null,
+      },
     };
   }
 
@@ -318,8 +434,7 @@ export class Gateway {
 
   private wire(state: ConnState): void {
     const { conn, source } = state;
-    const identity = state.identity!;
-    const actor = actorOf(identity);
+    const actor = actorOf(state.identity!);
     // Everything that is not a forward is refused, and audited.
     for (const type of ['session', 'openssh.streamlocal'] as const) {
       conn.on(type as 'session', (_accept: unknown, reject: () => void) => {
@@ -329,7 +444,7 @@ export class Gateway {
     }
     conn.on('request', (accept, reject, name, info) => {
       if (name === 'tcpip-forward' || name === 'cancel-tcpip-forward') {
-        this.reverseForward(
+        void this.reverseForward(
           state,
           name,
           info as ssh2.TcpipBindInfo,
@@ -370,34 +485,51 @@ export class Gateway {
     return { ok: true, service: svc };
   }
 
-  private channelAllowed(state: ConnState): boolean {
-    return (
-      state.open < this.d.limits.maxChannelsPerConnection &&
-      this.channelCount < this.d.limits.maxChannels
-    );
+  /**
+   * Reserve a channel under both caps before any asynchronous step: checking the caps and
+   * counting the channel only once it opened let concurrent opens all pass the check (SSH-4).
+   * Returns the release for a reservation that did not become a channel.
+   */
+  private reserveChannel(state: ConnState): (() => void) | null {
+    if (
+      state.open >= this.d.limits.maxChannelsPerConnection ||
+      this.channelCount >= this.d.limits.maxChannels
+    )
+      return null;
+    state.open++;
+    this.channelCount++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      state.open--;
+      this.channelCount--;
+    };
   }
 
   /**
-   * Remember a channel so removal and shutdown can close it. `counted` ones are the client's own
-   * channels: they use the caps and close with its connection. The upstream of a forward is not
-   * the connection's to close — its splice ends it once what the client sent has been delivered
-   * (destroying it with the client's connection dropped the tail of an upload).
+   * Remember a channel so removal, changes of identity and shutdown can close it. The client's
+   * own channel (`clientOf`) holds its reservation until it closes, and closes with its
+   * connection. The upstream of a forward is not the connection's to close — its splice ends it
+   * once what the client sent has been delivered (destroying it with the client's connection
+   * dropped the tail of an upload).
    */
-  private track(state: ConnState, serviceId: string, ch: Duplex, counted = true): void {
-    if (counted) {
-      this.channelCount++;
-      state.open++;
-      state.channels.add(ch);
+  private track(
+    serviceId: string,
+    ch: Duplex,
+    clientOf?: { state: ConnState; release: () => void },
+  ): void {
+    if (clientOf) {
+      clientOf.state.channels.set(ch, serviceId);
+      ch.once('close', () => {
+        clientOf.release();
+        clientOf.state.channels.delete(ch);
+      });
     }
     let set = this.serviceChannels.get(serviceId);
     if (!set) this.serviceChannels.set(serviceId, (set = new Set()));
     set.add(ch);
     ch.once('close', () => {
-      if (counted) {
-        this.channelCount--;
-        state.open--;
-      }
-      state.channels.delete(ch);
       set!.delete(ch);
       if (set!.size === 0) this.serviceChannels.delete(serviceId);
     });
@@ -417,11 +549,23 @@ export class Gateway {
     reject: () => void,
     info: ssh2.TcpipRequestInfo,
   ): void {
-    const identity = state.identity!;
-    const actor = actorOf(identity);
     const dest = `${String(info.destIP).slice(0, 64)}:${info.destPort}`;
+    // Every new forward is authorised with the identity as it stands now: a revoked token, a
+    // disabled principal or a demotion refuses it even on a connection opened before (SES-2).
+    const identity = this.d.auth.current(state.identity!);
+    if (!identity) {
+      this.event(actorOf(state.identity!), 'ssh.forward', dest, 'refused', state.source, {
+        reason: 'credential no longer valid',
+      });
+      reject();
+      this.endConnection(state, 'credential no longer valid');
+      return;
+    }
+    state.identity = identity;
+    const actor = actorOf(identity);
     const decision = this.decideForward(identity, String(info.destIP), info.destPort);
-    if (!decision.ok || !this.channelAllowed(state)) {
+    const release = decision.ok ? this.reserveChannel(state) : null;
+    if (!decision.ok || !release) {
       this.event(actor, 'ssh.forward', dest, 'refused', state.source, {
         reason: decision.ok ? 'channel limit' : decision.reason,
       });
@@ -430,35 +574,34 @@ export class Gateway {
     }
     const svc = decision.service;
     const target = `${svc.owner}/${svc.name}`;
+    const refused = (reason: string) => {
+      release();
+      this.event(actor, 'ssh.forward', target, 'refused', state.source, { reason });
+      reject();
+    };
     const opened = (upstream: Duplex) => {
+      if (state.socket.destroyed) {
+        // The client left (or was cut off) while the upstream was being opened.
+        release();
+        upstream.destroy();
+        return;
+      }
       const ch = accept();
       this.event(actor, 'ssh.forward', target, 'ok', state.source, { dest });
-      this.track(state, svc.id, ch);
-      this.track(state, svc.id, upstream, false);
+      this.track(svc.id, ch, { state, release });
+      this.track(svc.id, upstream);
       this.pipe(ch, upstream);
     };
     if (svc.tunnel === 'ssh') {
       const tunnel = this.tunnels.get(svc.id);
-      if (!tunnel) {
-        this.event(actor, 'ssh.forward', target, 'refused', state.source, {
-          reason: 'reverse tunnel not attached',
-        });
-        reject();
-        return;
-      }
+      if (!tunnel) return refused('reverse tunnel not attached');
       tunnel.conn.forwardOut(
         tunnel.bindAddr,
         tunnel.port,
         String(info.srcIP),
         info.srcPort,
         (err, upstream) => {
-          if (err) {
-            this.event(actor, 'ssh.forward', target, 'refused', state.source, {
-              reason: 'the server refused the channel',
-            });
-            reject();
-            return;
-          }
+          if (err) return refused('the server refused the channel');
           upstream.on('error', () => upstream.destroy());
           tunnel.channels.add(upstream);
           upstream.once('close', () => tunnel.channels.delete(upstream));
@@ -475,22 +618,18 @@ export class Gateway {
       });
       // Before the connection exists the channel is refused; afterwards splice() handles errors.
       sock.once('error', () => {
-        if (connected) return;
-        this.event(actor, 'ssh.forward', target, 'refused', state.source, {
-          reason: 'the service does not accept connections',
-        });
-        reject();
+        if (!connected) refused('the service does not accept connections');
       });
     }
   }
 
-  private reverseForward(
+  private async reverseForward(
     state: ConnState,
     name: 'tcpip-forward' | 'cancel-tcpip-forward',
     info: ssh2.TcpipBindInfo,
     accept: ((port?: number) => void) | undefined,
     reject: (() => void) | undefined,
-  ): void {
+  ): Promise<void> {
     const identity = state.identity!;
     const actor = actorOf(identity);
     const refuse = (reason: string) => {
@@ -505,7 +644,10 @@ export class Gateway {
       reject?.();
     };
     if (identity.kind !== 'service') return refuse('reverse tunnels need a service token');
-    const svc = this.d.store.getServiceById(identity.service.id);
+    const svc =
+      this.d.auth.current(identity)?.kind === 'service'
+        ? this.d.store.getServiceById(identity.service.id)
+        : null;
     if (!svc) return refuse('service is gone');
     if (svc.tunnel !== 'ssh') return refuse('service was registered with tunnel "none"');
     if (info.bindPort !== 0 && info.bindPort !== svc.port)
@@ -517,42 +659,45 @@ export class Gateway {
       accept?.();
       return;
     }
+    // The port is normally held since registration; hold it now if not (PORT-3: a port someone
+    // else listens on is never acknowledged).
+    if (this.ports.portOf(svc.id) !== svc.port) {
+      const held = await this.hold(svc);
+      if (!held.held)
+        return refuse(
+          held.code === 'EADDRINUSE'
+            ? `port ${svc.port} is held by another process on the broker host`
+            : held.code,
+        );
+    }
+    if (state.socket.destroyed) return;
     // The newest attachment wins: a server that reconnects after a network blip replaces its
     // half-dead predecessor.
     if (this.tunnels.has(svc.id)) this.closeTunnel(svc.id, 'replaced');
-    const listener = createNetServer((sock) => this.publishedConnection(svc, sock));
-    listener.on('error', (err: NodeJS.ErrnoException) => {
-      // PORT-3: someone else holds the port on this host; never acknowledge it.
-      refuse(
-        err.code === 'EADDRINUSE'
-          ? `port ${svc.port} is held by another process on the broker host`
-          : err.message,
-      );
+    this.tunnels.set(svc.id, {
+      serviceId: svc.id,
+      conn: state.conn,
+      bindAddr: info.bindAddr,
+      port: svc.port,
+      channels: new Set(),
     });
-    listener.listen(svc.port, '127.0.0.1', () => {
-      const tunnel: Tunnel = {
-        serviceId: svc.id,
-        conn: state.conn,
-        listener,
-        bindAddr: info.bindAddr,
-        port: svc.port,
-        channels: new Set(),
-      };
-      this.tunnels.set(svc.id, tunnel);
-      accept?.(svc.port);
-      const now = this.d.clock.now();
-      this.d.store.updateService(svc.id, { status: 'ready', lastSeenAt: now });
-      this.event(actor, 'ssh.reverse', target, 'ok', state.source, { port: svc.port });
-    });
+    accept?.(svc.port);
+    const now = this.d.clock.now();
+    this.d.store.updateService(svc.id, { status: 'ready', lastSeenAt: now });
+    this.event(actor, 'ssh.reverse', target, 'ok', state.source, { port: svc.port });
   }
 
-  /** A local client connected to a published port on the broker host: carry it to the server. */
-  private publishedConnection(svc: ServiceRow, sock: Socket): void {
+  /**
+   * A local client connected to a held port on the broker host: carry it to the server through
+   * its reverse tunnel. With no tunnel attached (the server is reconnecting, or never attached)
+   * the connection is reset at once: the port stays the broker's, and nobody else answers.
+   */
+  private publishedConnection(serviceId: string, sock: Socket): void {
     sock.setNoDelay(true);
     sock.on('error', () => sock.destroy());
-    const tunnel = this.tunnels.get(svc.id);
+    const tunnel = this.tunnels.get(serviceId);
     if (!tunnel || this.channelCount >= this.d.limits.maxChannels) {
-      sock.destroy();
+      sock.resetAndDestroy();
       return;
     }
     tunnel.conn.forwardOut(
@@ -575,18 +720,19 @@ export class Gateway {
     );
   }
 
+  /** Detach a reverse tunnel; the port stays held while the service lives. */
   private closeTunnel(serviceId: string, reason: string): void {
     const t = this.tunnels.get(serviceId);
     if (!t) return;
     this.tunnels.delete(serviceId);
-    t.listener.close();
     for (const ch of t.channels) ch.destroy();
     this.d.log.info({ serviceId, reason }, 'reverse tunnel closed');
   }
 
   private connectionClosed(state: ConnState): void {
     this.conns.delete(state);
-    for (const ch of state.channels) ch.destroy();
+    if (state.expiry) clearTimeout(state.expiry);
+    for (const ch of state.channels.keys()) ch.destroy();
     for (const [serviceId, t] of this.tunnels) {
       if (t.conn !== state.conn) continue;
       this.closeTunnel(serviceId, 'connection closed');
@@ -600,35 +746,76 @@ export class Gateway {
     }
   }
 
-  /** A service left the registry: its tunnel and every channel to it close now (COMP-5). */
+  /** End a connection whose identity no longer holds; its channels and tunnels close with it. */
+  private endConnection(state: ConnState, reason: string): void {
+    if (state.socket.destroyed) return;
+    this.event(actorOf(state.identity!), 'ssh.disconnect', null, 'ok', state.source, { reason });
+    state.socket.destroy();
+  }
+
+  /**
+   * Follow a change of identity or registry (SES-2): connections whose credential no longer
+   * holds end; a principal that keeps its connection but lost access (a demotion) loses the
+   * channels it may no longer have.
+   */
+  private follow(c: RegistryChange): void {
+    if (c.kind === 'service.removed') return this.serviceRemoved(c.service.id);
+    if (c.kind === 'key.revoked') return;
+    for (const state of this.conns) {
+      const id = state.identity;
+      if (!id) continue;
+      const concerned =
+        c.kind === 'principal.changed'
+          ? id.kind === 'principal'
+            ? id.principal.name === c.name
+            : id.service.owner === c.name
+          : c.kind === 'token.revoked'
+            ? id.kind === 'principal' && id.tokenId === c.tokenId
+            : id.kind === 'principal' &&
+              id.principal.name === c.principal &&
+              id.tokenId === `ssh:${c.fingerprint}`;
+      if (!concerned) continue;
+      const now = this.d.auth.current(id);
+      if (!now) {
+        this.endConnection(state, c.kind);
+        continue;
+      }
+      state.identity = now;
+      for (const [ch, serviceId] of state.channels) {
+        const svc = this.d.store.getServiceById(serviceId);
+        if (!svc || !canSee(now, svc)) ch.destroy();
+      }
+    }
+  }
+
+  /** A service left the registry: its port, tunnel and every channel to it close now (COMP-5). */
   serviceRemoved(serviceId: string): void {
     this.closeTunnel(serviceId, 'service removed');
+    this.ports.release(serviceId);
     for (const ch of this.serviceChannels.get(serviceId) ?? []) ch.destroy();
     this.serviceChannels.delete(serviceId);
   }
 
-  /** Live reverse tunnels keep their services' leases and last-seen times fresh. */
-  touchLive(): void {
+  /** Live reverse tunnels are signs of life: they keep their services' leases and last-seen times fresh. */
+  touchLive(extendedLease: (s: ServiceRow, now: number) => number): void {
     const now = this.d.clock.now();
     for (const id of this.tunnels.keys()) {
       const svc = this.d.store.getServiceById(id);
       if (!svc) continue;
-      this.d.store.updateService(id, {
-        lastSeenAt: now,
-        expiresAt: Math.max(
-          svc.expiresAt,
-          now + Math.min(svc.ttlSeconds, this.d.config.serviceMaxTtlSeconds) * 1000,
-        ),
-      });
+      this.d.store.updateService(id, { lastSeenAt: now, expiresAt: extendedLease(svc, now) });
     }
   }
 
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.net.close(() => resolve()));
     for (const id of [...this.tunnels.keys()]) this.closeTunnel(id, 'broker stopping');
+    this.ports.close();
     for (const s of this.conns) s.conn.end();
+    // Connections that never authenticated have nothing to finish.
+    const authenticated = new Set([...this.conns].map((c) => c.socket));
+    for (const s of this.sockets) if (!authenticated.has(s)) s.destroy();
     setTimeout(() => {
-      for (const s of this.conns) s.socket.destroy();
+      for (const s of this.sockets) s.destroy();
     }, 2000).unref();
     await closed;
   }

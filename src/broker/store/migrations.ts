@@ -87,8 +87,11 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX ssh_keys_principal ON ssh_keys(principal);
   `,
   /* 3: who minted what, and how an app is exposed (issue 11: no way around the key) */ `
-  -- The user token a service was registered with and a key was loaded with: revoking the token
-  -- takes them with it (a credential minted with another never outlives it, SES-2).
+  -- The user token a service was registered with, a key loaded with, a token created with (by
+  -- its own principal): revoking a token takes all of them with it, transitively (a credential
+  -- minted with another never outlives it, SES-2).
+  ALTER TABLE tokens ADD COLUMN parent_id TEXT;
+  CREATE INDEX tokens_parent ON tokens(parent_id) WHERE parent_id IS NOT NULL;
   ALTER TABLE services ADD COLUMN token_id TEXT;
   ALTER TABLE client_keys ADD COLUMN token_id TEXT;
   CREATE INDEX services_token ON services(token_id) WHERE token_id IS NOT NULL;

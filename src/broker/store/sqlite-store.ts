@@ -14,6 +14,7 @@ import type {
   NewService,
   PortPolicy,
   PrincipalRow,
+  Revocation,
   ServiceQuery,
   ServiceRow,
   SshKeyRow,
@@ -38,6 +39,7 @@ const toToken = (r: Row): TokenRow => ({
   createdAt: r.created_at as number,
   expiresAt: (r.expires_at as number | null) ?? null,
   revokedAt: (r.revoked_at as number | null) ?? null,
+  parentId: (r.parent_id as string | null) ?? null,
 });
 
 const toService = (r: Row): ServiceRow => ({
@@ -151,14 +153,23 @@ export class SqliteStore implements Store {
       listPrincipals: d.prepare('SELECT * FROM principals ORDER BY name'),
       delPrincipal: d.prepare('DELETE FROM principals WHERE name = ?'),
       insToken: d.prepare(
-        'INSERT INTO tokens (id, hash, principal, label, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO tokens (id, hash, principal, label, created_at, expires_at, revoked_at, parent_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
       ),
       tokenByHash: d.prepare('SELECT * FROM tokens WHERE hash = ?'),
       tokenById: d.prepare('SELECT * FROM tokens WHERE id = ?'),
       tokensOf: d.prepare('SELECT * FROM tokens WHERE principal = ? ORDER BY created_at, id'),
+      // The token and its descendants (tokens created from it), revoked or not: a revoked
+      // parent's live children must still go.
+      tokenTree: d.prepare(
+        `WITH RECURSIVE tree(id) AS (SELECT id FROM tokens WHERE id = ?
+           UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id)
+         SELECT * FROM tokens WHERE id IN (SELECT id FROM tree)`,
+      ),
       revokeToken: d.prepare(
         'UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL',
       ),
+      servicesOfToken: d.prepare('SELECT * FROM services WHERE token_id = ?'),
+      keysOfToken: d.prepare('DELETE FROM client_keys WHERE token_id = ? RETURNING id'),
       serviceByName: d.prepare('SELECT * FROM services WHERE owner = ? AND name = ?'),
       serviceById: d.prepare('SELECT * FROM services WHERE id = ?'),
       serviceByToken: d.prepare('SELECT * FROM services WHERE token_hash = ?'),
@@ -207,7 +218,8 @@ export class SqliteStore implements Store {
         'UPDATE client_keys SET uses_left = uses_left - 1, last_used_at = @now WHERE id = @id AND uses_left > 0 AND expires_at > @now',
       ),
       delKey: d.prepare('DELETE FROM client_keys WHERE id = ?'),
-      delExpiredKeys: d.prepare('DELETE FROM client_keys WHERE expires_at <= ? OR uses_left = 0'),
+      // A used one-time key stays until it expires: a session made from it lives as long (SES-1).
+      delExpiredKeys: d.prepare('DELETE FROM client_keys WHERE expires_at <= ?'),
       touchKey: d.prepare(
         'UPDATE client_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?',
       ),
@@ -308,6 +320,7 @@ export class SqliteStore implements Store {
       t.createdAt,
       t.expiresAt,
       t.revokedAt,
+      t.parentId,
     );
   }
 
@@ -329,8 +342,27 @@ export class SqliteStore implements Store {
     return (this.stmts.tokensOf.all(principal) as Row[]).map(toToken);
   }
 
-  revokeToken(id: string, now: number): boolean {
-    return this.db.transaction(() => this.stmts.revokeToken.run(now, id).changes > 0).immediate();
+  revokeToken(id: string, now: number, cooldownUntil: number): Revocation | null {
+    return this.db
+      .transaction(() => {
+        const tree = (this.stmts.tokenTree.all(id) as Row[]).map(toToken);
+        const root = tree.find((t) => t.id === id);
+        if (!root || root.revokedAt !== null) return null;
+        const out: Revocation = { tokens: [], services: [], keyIds: [] };
+        for (const t of tree) {
+          if (this.stmts.revokeToken.run(now, t.id).changes > 0)
+            out.tokens.push({ ...t, revokedAt: now });
+          for (const k of this.stmts.keysOfToken.all(t.id) as { id: string }[])
+            out.keyIds.push(k.id);
+          for (const r of this.stmts.servicesOfToken.all(t.id) as Row[]) {
+            const svc = toService(r);
+            this.removeServiceRow(svc.id, cooldownUntil);
+            out.services.push(svc);
+          }
+        }
+        return out;
+      })
+      .immediate();
   }
 
   registerService(row: NewService, policy: PortPolicy): ServiceRow {
@@ -469,6 +501,47 @@ export class SqliteStore implements Store {
         return r ? toService(r) : null;
       })
       .immediate();
+  }
+
+  reassignPort(id: string, policy: PortPolicy, cooldownUntil: number): ServiceRow | null {
+    return this.db
+      .transaction(() => {
+        const old = this.stmts.serviceById.get(id) as Row | undefined;
+        if (!old) return null;
+        this.stmts.dropCooldowns.run(policy.now);
+        // Cool the old port first so the pick cannot land on it again.
+        this.stmts.coolPort.run(old.port, cooldownUntil);
+        const port = this.pickPort(policy);
+        this.db.prepare('UPDATE services SET port = ? WHERE id = ?').run(port, id);
+        return toService(this.stmts.serviceById.get(id) as Row);
+      })
+      .immediate();
+  }
+
+  handOverToken(from: string, to: string): void {
+    this.db
+      .transaction(() => {
+        this.db.prepare('UPDATE tokens SET parent_id = ? WHERE parent_id = ?').run(to, from);
+        this.db.prepare('UPDATE services SET token_id = ? WHERE token_id = ?').run(to, from);
+        this.db.prepare('UPDATE client_keys SET token_id = ? WHERE token_id = ?').run(to, from);
+      })
+      .immediate();
+  }
+
+  deleteKeysOfService(serviceId: string): string[] {
+    return this.db
+      .transaction(() =>
+        (
+          this.db
+            .prepare('DELETE FROM client_keys WHERE service_id = ? RETURNING id')
+            .all(serviceId) as { id: string }[]
+        ).map((r) => r.id),
+      )
+      .immediate();
+  }
+
+  setServiceUid(id: string, uid: number | null): void {
+    this.db.prepare('UPDATE services SET uid = ? WHERE id = ?').run(uid, id);
   }
 
   private removeServiceRow(id: string, cooldownUntil: number): boolean {

@@ -27,6 +27,18 @@ export interface TokenRow {
   createdAt: number;
   expiresAt: number | null;
   revokedAt: number | null;
+  /** The token of the same principal it was created with; revoking that one revokes this one. */
+  parentId: string | null;
+}
+
+/** What revoking a token took with it, in the same transaction. */
+export interface Revocation {
+  /** The token and every token created from it, transitively. */
+  tokens: TokenRow[];
+  /** Services registered with any of them (removed; ports cooling down). */
+  services: ServiceRow[];
+  /** Client keys loaded with any of them (deleted). */
+  keyIds: string[];
 }
 
 export interface ServiceRow {
@@ -136,7 +148,17 @@ export interface Store {
   findTokenByHash(hash: Buffer): TokenRow | null;
   getToken(id: string): TokenRow | null;
   listTokens(principal: string): TokenRow[];
-  revokeToken(id: string, now: number): boolean;
+  /**
+   * Revoke a token and everything minted with it (tokens created from it, services registered and
+   * keys loaded with any of them), in one transaction. Null when it was unknown or already revoked.
+   */
+  revokeToken(id: string, now: number, cooldownUntil: number): Revocation | null;
+  /**
+   * Hand what was minted with token `from` (tokens, services, keys) over to token `to` of the same
+   * principal: a rotation keeps them, bounded by the successor (used when the bootstrap token is
+   * re-issued at start).
+   */
+  handOverToken(from: string, to: string): void;
 
   /** Allocate a port and insert, in one immediate transaction. Throws BrokerError. */
   registerService(row: NewService, policy: PortPolicy): ServiceRow;
@@ -155,6 +177,15 @@ export interface Store {
       >
     >,
   ): ServiceRow | null;
+  /**
+   * Move a live service to another free port (its old one is held by someone else on the host);
+   * the old port cools down until `cooldownUntil`. Throws port_range_exhausted.
+   */
+  reassignPort(id: string, policy: PortPolicy, cooldownUntil: number): ServiceRow | null;
+  /** Delete every key of a service (they may have been sent to someone else); returns their ids. */
+  deleteKeysOfService(serviceId: string): string[];
+  /** Record the UID whose listener a tunnel "none" service was confirmed on. */
+  setServiceUid(id: string, uid: number | null): void;
   /** Delete the service and its keys; its port cools down until `cooldownUntil`. */
   removeService(id: string, cooldownUntil: number): boolean;
   /** Remove every service whose lease ended; returns them. */

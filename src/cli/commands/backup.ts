@@ -1,6 +1,8 @@
 /** backup and restore: the broker's state in one file, taken while the daemon runs. */
-import { resolve } from 'node:path';
+import { existsSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { checkSafeDirectory } from '../../host/safe-files.js';
 import type { Io } from '../io.js';
 import type { Action } from '../main.js';
 import { EXIT, printJson } from '../util.js';
@@ -27,6 +29,18 @@ async function local(io: Io, body: () => Promise<number>): Promise<number> {
   }
 }
 
+/**
+ * FS-5: the nearest existing directory above `path` and its ancestors must be writable by the
+ * caller and root only. Both files hold the CA key: in a directory another user can write, they
+ * could swap the file SQLite writes into, or the state directory restore fills, for their own.
+ * Throws BrokerError `insecure_path`.
+ */
+function checkParents(path: string): void {
+  let dir = dirname(path);
+  while (!existsSync(dir) && dir !== dirname(dir)) dir = dirname(dir);
+  checkSafeDirectory(dir);
+}
+
 function kib(bytes: number): string {
   return `${(bytes / 1024).toFixed(0)} KiB`;
 }
@@ -34,7 +48,10 @@ function kib(bytes: number): string {
 export function define(program: Command, action: Action): void {
   program
     .command('backup')
-    .argument('<file>', 'where to write the backup (a SQLite file, created 0600)')
+    .argument(
+      '<file>',
+      'where to write the backup (a SQLite file, created 0600; refused in a directory others can write)',
+    )
     .option('--data <dir>', 'state directory (default $BROKER_DATA or ~/.local/state/broker)')
     .option('--force', 'replace FILE if it exists')
     .option('--json', 'print the summary as JSON')
@@ -55,6 +72,7 @@ is consistent however busy the daemon is and holds the registry, the CA and the 
         local(io, async () => {
           const { backup } = await import('../../broker/backup.js');
           const { version } = await import('../main.js');
+          checkParents(resolve(file));
           const s = await backup(await dataDirOf(io, opts), resolve(file), {
             force: opts.force,
             version: await version(),
@@ -94,6 +112,7 @@ gone are reaped by their leases as usual.`,
         local(io, async () => {
           const { restore } = await import('../../broker/backup.js');
           const dir = await dataDirOf(io, opts);
+          checkParents(dir);
           const s = await restore(resolve(file), dir, { force: opts.force });
           if (opts.json) printJson(io, { ...s, dataDir: dir });
           else

@@ -1,18 +1,11 @@
-import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { RegisterRequest } from '../../protocol/types.js';
 import type { Action } from '../main.js';
 import type { BrokerClient } from '../../client/broker-client.js';
-import {
-  client,
-  envLines,
-  formatOf,
-  parseDuration,
-  printJson,
-  UsageError,
-  writePrivateFile,
-} from '../util.js';
+import { ensurePrivateDirectory, writeFileSafely } from '../../host/safe-files.js';
+import { client, envLines, formatOf, parseDuration, printJson, UsageError } from '../util.js';
 
 /** The exact `ssh -R` line for a tunnelled service (the gateway's address comes from the API). */
 async function attachHint(broker: BrokerClient, owner: string): Promise<string> {
@@ -42,7 +35,10 @@ export function define(program: Command, action: Action): void {
     .option('--port <n>', 'with --tunnel none: a specific port from the range')
     .option('--ttl <dur>', 'lease, e.g. 8h (heartbeats extend it)')
     .option('--csr <file>', 'https: a PEM CSR; the private key stays with you')
-    .option('--out-dir <dir>', 'https: write cert.pem, key.pem (0600) and ca.pem here')
+    .option(
+      '--out-dir <dir>',
+      'https: write cert.pem, key.pem (0600) and ca.pem here (created 0700; refused if others can write it)',
+    )
     .option('--label <k=v...>', 'labels shown by query', (v: string, prev: string[] = []) => [
       ...prev,
       v,
@@ -85,16 +81,19 @@ unregister work in the same script with no more set-up.`,
               req.labels[kv.slice(0, i)] = kv.slice(i + 1);
             }
           }
+          // FS-5: check (or create) the directory before registering, so an unsafe one costs
+          // nothing at the broker.
+          const dir =
+            opts.outDir && req.mode === 'https'
+              ? ensurePrivateDirectory(String(opts.outDir))
+              : null;
           const broker = client(io);
           const res = await broker.register(req);
           let caPath: string | undefined = io.env.BROKER_CA;
-          if (opts.outDir && res.tls) {
-            const dir = resolve(String(opts.outDir));
-            mkdirSync(dir, { recursive: true, mode: 0o700 });
-            writeFileSync(join(dir, 'cert.pem'), res.tls.cert, { mode: 0o644 });
-            if (res.tls.key) writePrivateFile(join(dir, 'key.pem'), res.tls.key);
-            writeFileSync(join(dir, 'ca.pem'), res.tls.ca, { mode: 0o644 });
-            caPath = join(dir, 'ca.pem');
+          if (dir && res.tls) {
+            writeFileSafely(join(dir, 'cert.pem'), res.tls.cert, 0o644);
+            if (res.tls.key) writeFileSafely(join(dir, 'key.pem'), res.tls.key, 0o600);
+            caPath = writeFileSafely(join(dir, 'ca.pem'), res.tls.ca, 0o644);
           }
           const s = res.service;
           if (format === 'json') printJson(io, res);
@@ -107,14 +106,8 @@ unregister work in the same script with no more set-up.`,
                 BROKER_TOKEN: res.serviceToken,
                 BROKER_URL: broker.url,
                 BROKER_CA: caPath,
-                BROKER_CERT:
-                  opts.outDir && res.tls
-                    ? join(resolve(String(opts.outDir)), 'cert.pem')
-                    : undefined,
-                BROKER_KEY_FILE:
-                  opts.outDir && res.tls?.key
-                    ? join(resolve(String(opts.outDir)), 'key.pem')
-                    : undefined,
+                BROKER_CERT: dir && res.tls ? join(dir, 'cert.pem') : undefined,
+                BROKER_KEY_FILE: dir && res.tls?.key ? join(dir, 'key.pem') : undefined,
               }),
             );
           } else {

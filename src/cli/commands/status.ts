@@ -1,14 +1,17 @@
 /** ca, status and audit: what is this broker, and what happened. */
-import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
+import { writeFileSafely } from '../../host/safe-files.js';
 import { printable } from '../../protocol/text.js';
 import { client, parseDuration, printJson } from '../util.js';
 
 export function define(program: Command, action: Action): void {
   program
     .command('ca')
-    .option('--out <file>', 'write the PEM to a file instead of stdout')
+    .option(
+      '--out <file>',
+      'write the PEM to a file (0644) instead of stdout; refused in a directory others can write',
+    )
     .description('print the broker CA certificate (what clients pin)')
     .addHelpText(
       'after',
@@ -19,7 +22,7 @@ export function define(program: Command, action: Action): void {
         const broker = client(io);
         const pem = await broker.caPem();
         broker.close();
-        if (opts.out) writeFileSync(opts.out, pem);
+        if (opts.out) writeFileSafely(opts.out, pem, 0o644);
         else io.stdout.write(pem);
         return 0;
       }),

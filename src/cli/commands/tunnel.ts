@@ -179,15 +179,14 @@ command line.`,
           if (opts.json) printJson(io, { url, service: svc, ...extra });
           else io.stdout.write(`${url}\n`);
         };
-        if (svc.tunnel === 'none') {
+        // The service's own name (NAME.OWNER.localhost): its certificate names nothing else,
+        // and the browser keeps its cookie apart from every other service's (SES-1, SES-3).
+        if (svc.tunnel === 'none' && /^(127\.|::1$)/.test(svc.host)) {
           const loaded = await broker.load(name, { once: true });
           broker.close();
-          const host = /^(127\.|::1$)/.test(svc.host)
-            ? 'localhost'
-            : svc.host.includes(':')
-              ? `[${svc.host}]`
-              : svc.host;
-          print(`https://${host}:${svc.port}/?broker_key=${loaded.key}`, { keyId: loaded.keyId });
+          print(`https://${svc.hostname}:${svc.port}/?broker_key=${loaded.key}`, {
+            keyId: loaded.keyId,
+          });
           return 0;
         }
         const { openTunnel } = await import('../../client/tunnel.js');
@@ -195,7 +194,7 @@ command line.`,
           localPort: opts.localPort ? Number(opts.localPort) : 0,
           load: { once: true },
         });
-        print(`https://localhost:${t.localPort}/?broker_key=${t.key}`, {
+        print(`https://${svc.hostname}:${t.localPort}/?broker_key=${t.key}`, {
           keyId: t.loaded.keyId,
           localPort: t.localPort,
         });

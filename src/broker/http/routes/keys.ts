@@ -1,8 +1,18 @@
-/** Key routes: revoke. (Verify is served by the fast path in verify-fast-path.ts.) */
-import { VerifyBody, parse } from '../schemas.js';
+/** Key routes: revoke, liveness. (Verify is served by the fast path in verify-fast-path.ts.) */
+import { LiveKeysBody, VerifyBody, parse } from '../schemas.js';
 import type { Route } from '../route.js';
 
 export const keyRoutes: Route[] = [
+  {
+    // A server asks which keys behind its open sessions and connections still hold (SES-1).
+    method: 'POST',
+    path: '/v1/verify/live',
+    auth: true,
+    handler: ({ identity, body }, d) => {
+      const { keyIds } = parse(LiveKeysBody, body, 'body');
+      return { json: d.keys.live(identity, keyIds) };
+    },
+  },
   {
     method: 'DELETE',
     path: '/v1/keys/:keyId',

@@ -61,10 +61,13 @@ export const serviceRoutes: Route[] = [
     method: 'POST',
     path: '/v1/services/:owner/:name/ready',
     auth: true,
-    handler: async ({ identity, params, body, source }, d) => {
+    handler: async ({ req, identity, params, body, source }, d) => {
       parse(EmptyBody, body, 'body');
       const { owner, name } = serviceParams(params);
-      return { json: { service: await d.registry.ready(identity, owner, name, source) } };
+      // The request's own connection: on the broker host it tells which Unix user confirms.
+      return {
+        json: { service: await d.registry.ready(identity, owner, name, source, req.socket) },
+      };
     },
   },
   {

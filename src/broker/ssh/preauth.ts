@@ -1,0 +1,76 @@
+/**
+ * Pre-authentication slots of the SSH gateway, shared fairly between sources (SECURITY.md LOC-5,
+ * SSH-3). A source is a local Unix user (a loopback connection attributed by the kernel's socket
+ * table) or a remote address. The anchors are OpenSSH's `MaxStartups` (a global cap on
+ * unauthenticated connections) and `PerSourceMaxStartups` (a cap per source): one user holding
+ * half-open connections can fill at most its own share, and when the global cap is reached a
+ * newcomer from a source holding fewer slots takes the oldest slot of the source holding the most.
+ * So no single source can lock the others out.
+ */
+
+export interface PreauthLimits {
+  /** Unauthenticated connections at once, all sources together. */
+  max: number;
+  /** Unauthenticated connections at once from one source. */
+  perSource: number;
+}
+
+interface Slot {
+  source: string;
+  evict: () => void;
+  released: boolean;
+}
+
+export class PreauthSlots {
+  /** Slots by source, oldest first. */
+  private readonly bySource = new Map<string, Slot[]>();
+  private total = 0;
+
+  constructor(private readonly limits: PreauthLimits) {}
+
+  /** Unauthenticated connections now. */
+  get size(): number {
+    return this.total;
+  }
+
+  /** Slots `source` holds now. */
+  held(source: string): number {
+    return this.bySource.get(source)?.length ?? 0;
+  }
+
+  /**
+   * Take a slot for a new connection from `source`. `evict` is called if the slot is later given
+   * to someone else (the caller drops the connection). Returns the release function (call it when
+   * the connection authenticates or closes; calling it twice is harmless), or null when refused:
+   * the source is at its own cap, or every source holds no more than this one would.
+   */
+  admit(source: string, evict: () => void): (() => void) | null {
+    const mine = this.held(source);
+    if (mine >= this.limits.perSource) return null;
+    if (this.total >= this.limits.max) {
+      let victim: Slot[] | undefined;
+      for (const slots of this.bySource.values())
+        if (!victim || slots.length > victim.length) victim = slots;
+      // Only a source holding more than this one would after admission gives a slot up.
+      if (!victim || victim.length <= mine + 1) return null;
+      const oldest = victim[0]!;
+      this.drop(oldest);
+      oldest.evict();
+    }
+    const slot: Slot = { source, evict, released: false };
+    let slots = this.bySource.get(source);
+    if (!slots) this.bySource.set(source, (slots = []));
+    slots.push(slot);
+    this.total++;
+    return () => this.drop(slot);
+  }
+
+  private drop(slot: Slot): void {
+    if (slot.released) return;
+    slot.released = true;
+    this.total--;
+    const slots = this.bySource.get(slot.source)!;
+    slots.splice(slots.indexOf(slot), 1);
+    if (slots.length === 0) this.bySource.delete(slot.source);
+  }
+}
