@@ -12,6 +12,7 @@ import { request as httpsRequest } from 'node:https';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { localhostLookup } from '../../src/client/broker-client.js';
 import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
 import {
   announceSkip,
@@ -103,7 +104,7 @@ describe.skipIf(skip)('broker run: another local user tries the app (LOC-3)', ()
   const key = async (name: string) =>
     (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body: {} })).body as {
       key: string;
-      service: { port: number };
+      service: { port: number; hostname: string };
     };
   const talk = (port: number, payload: string) =>
     new Promise<string>((resolve) => {
@@ -118,11 +119,15 @@ describe.skipIf(skip)('broker run: another local user tries the app (LOC-3)', ()
       s.write(payload);
       setTimeout(() => s.destroy(), 3000);
     });
-  const get = (port: number, path: string, headers: Record<string, string> = {}) =>
+  const get = (
+    svc: { port: number; hostname: string },
+    path: string,
+    headers: Record<string, string> = {},
+  ) =>
     new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = httpsRequest(
-        `https://localhost:${port}${path}`,
-        { ca: d.ca, agent: false, headers },
+        `https://${svc.hostname}:${svc.port}${path}`,
+        { ca: d.ca, agent: false, headers, lookup: localhostLookup },
         (res) => {
           let body = '';
           res.on('data', (c) => (body += c));
@@ -210,7 +215,7 @@ describe.skipIf(skip)('broker run: another local user tries the app (LOC-3)', ()
     expect((await service('cred'))!.exposure).toBe('app-credential');
     expect(r.err()).not.toMatch(/WARNING/);
     const k = await key('cred');
-    expect(await get(k.service.port, '/', { Authorization: `Bearer ${k.key}` })).toEqual({
+    expect(await get(k.service, '/', { Authorization: `Bearer ${k.key}` })).toEqual({
       status: 200,
       body: `hello ${owner}`,
     });
@@ -256,7 +261,7 @@ describe.skipIf(skip)('broker run: another local user tries the app (LOC-3)', ()
     );
     expect((await service('iso'))!.exposure).toBe('private-network');
     const k = await key('iso');
-    expect(await get(k.service.port, '/hello.txt', { Authorization: `Bearer ${k.key}` })).toEqual({
+    expect(await get(k.service, '/hello.txt', { Authorization: `Bearer ${k.key}` })).toEqual({
       status: 200,
       body: 'isolated hello\n',
     });

@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { request as httpsRequest } from 'node:https';
 import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BrokerClient } from '../../src/client/broker-client.js';
+import { BrokerClient, localhostLookup } from '../../src/client/broker-client.js';
 import { registerService } from '../../src/server-sdk/service.js';
 import { join } from 'node:path';
 import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
@@ -83,15 +83,21 @@ describe('broker run --mode https: the front', () => {
       `${name} ready (${err})`,
     );
     const k = (await d.api('POST', `/v1/services/${owner}/${name}/keys`, { body: {} })).body;
-    return { p, port: k.service.port as number, key: k.key as string, out: () => out };
+    return {
+      p,
+      host: k.service.hostname as string,
+      port: k.service.port as number,
+      key: k.key as string,
+      out: () => out,
+    };
   }
 
-  function get(port: number, path: string, headers: Record<string, string>) {
+  function get(f: { host: string; port: number }, path: string, headers: Record<string, string>) {
     return new Promise<{ status: number; headers: Record<string, unknown>; body: string }>(
       (resolve, reject) => {
         const req = httpsRequest(
-          `https://localhost:${port}${path}`,
-          { ca: d.ca, agent: false, headers, maxHeaderSize: 65536 },
+          `https://${f.host}:${f.port}${path}`,
+          { ca: d.ca, agent: false, headers, maxHeaderSize: 65536, lookup: localhostLookup },
           (res) => {
             let body = '';
             res.on('data', (c) => (body += c));
@@ -106,7 +112,7 @@ describe('broker run --mode https: the front', () => {
     );
   }
 
-  let hdr: { port: number; key: string };
+  let hdr: { host: string; port: number; key: string };
   beforeAll(async () => {
     hdr = await front(
       'hdrs',
@@ -116,7 +122,7 @@ describe('broker run --mode https: the front', () => {
   });
 
   it('fail/SES-4: the app never gets the bearer key; client-sent forwarding headers are replaced, also with underscores', async () => {
-    const r = await get(hdr.port, '/h', {
+    const r = await get(hdr, '/h', {
       Authorization: `Bearer ${hdr.key}`,
       'X-Forwarded-For': '6.6.6.6',
       'X-Forwarded-User': 'admin',
@@ -131,7 +137,7 @@ describe('broker run --mode https: the front', () => {
     expect(JSON.stringify(seen)).not.toContain(hdr.key);
     expect(seen['x-forwarded-for']).toBe('127.0.0.1'); // the front's peer, not the client's claim
     expect(seen['x-forwarded-proto']).toBe('https');
-    expect(seen['x-forwarded-host']).toBe(`localhost:${hdr.port}`);
+    expect(seen['x-forwarded-host']).toBe(`${hdr.host}:${hdr.port}`);
     expect(seen['x-forwarded-user']).toBe(owner); // the principal the gate let in
     expect(seen.x_forwarded_user).toBeUndefined();
     expect(seen.forwarded).toBeUndefined();
@@ -141,10 +147,10 @@ describe('broker run --mode https: the front', () => {
   it("fail/SES-4: the gate's session cookie (and any broker gate cookie) is not passed on; the app's own cookies are", async () => {
     const once = (await d.api('POST', `/v1/services/${owner}/hdrs/keys`, { body: { once: true } }))
       .body.key as string;
-    const login = await get(hdr.port, `/h?broker_key=${once}`, {});
+    const login = await get(hdr, `/h?broker_key=${once}`, {});
     expect(login.status).toBe(303);
     const session = String((login.headers['set-cookie'] as string[])[0]).split(';')[0]!;
-    const r = await get(hdr.port, '/h', {
+    const r = await get(hdr, '/h', {
       Cookie: `app=1; ${session}; __Host-broker-other=zz; theme=dark`,
     });
     expect(r.status).toBe(200);
@@ -155,7 +161,7 @@ describe('broker run --mode https: the front', () => {
 
   it('ok/a 40 KB Cookie header (browsers send every localhost cookie to every port) passes', async () => {
     const big = 'c'.repeat(40 * 1024);
-    const r = await get(hdr.port, '/h', {
+    const r = await get(hdr, '/h', {
       Authorization: `Bearer ${hdr.key}`,
       Cookie: `big=${big}`,
     });
@@ -172,9 +178,10 @@ describe('broker run --mode https: the front', () => {
     // 6 s of upload, a chunk every 400 ms: three times the idle timeout, never idle.
     const uploaded = await new Promise<string>((resolve, reject) => {
       const req = httpsRequest(
-        `https://localhost:${slow.port}/upload`,
+        `https://${slow.host}:${slow.port}/upload`,
         {
           ca: d.ca,
+          lookup: localhostLookup,
           agent: false,
           method: 'POST',
           headers: { Authorization: `Bearer ${slow.key}`, 'Transfer-Encoding': 'chunked' },
@@ -200,9 +207,10 @@ describe('broker run --mode https: the front', () => {
     const t0 = Date.now();
     const cut = await new Promise<string>((resolve) => {
       const req = httpsRequest(
-        `https://localhost:${slow.port}/upload`,
+        `https://${slow.host}:${slow.port}/upload`,
         {
           ca: d.ca,
+          lookup: localhostLookup,
           agent: false,
           method: 'POST',
           headers: { Authorization: `Bearer ${slow.key}`, 'Transfer-Encoding': 'chunked' },
@@ -248,7 +256,7 @@ describe('broker run --mode https: the front', () => {
       host: '127.0.0.1',
       port: plain.port,
       ca: d.ca,
-      servername: 'localhost',
+      servername: plain.host,
     });
     s.on('error', () => {});
     await new Promise((r) => s.once('secureConnect', r));
@@ -277,7 +285,7 @@ describe('broker run --mode https: the front', () => {
       [],
       [process.execPath, '--input-type=module', '-e', HEADERS_APP, '{app_port}'],
     );
-    const r = await get(v6.port, '/six', { Authorization: `Bearer ${v6.key}` });
+    const r = await get(v6, '/six', { Authorization: `Bearer ${v6.key}` });
     expect(r.status).toBe(200);
     expect(JSON.parse(r.body).url).toBe('/six');
     // Open exposure: no X-Forwarded-User, any local user could have sent one.
@@ -290,7 +298,7 @@ describe('broker run --mode https: the front', () => {
       ['--idle-timeout', '1s'],
       [process.execPath, join(ROOT, 'test', 'fixtures', 'ws-app.mjs'), '{app_port}'],
     );
-    const s = tlsConnect({ host: '127.0.0.1', port: ws.port, ca: d.ca, servername: 'localhost' });
+    const s = tlsConnect({ host: '127.0.0.1', port: ws.port, ca: d.ca, servername: ws.host });
     s.on('error', () => {});
     await new Promise((r) => s.once('secureConnect', r));
     let got = '';
