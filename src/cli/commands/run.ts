@@ -1,41 +1,83 @@
 /**
- * broker run: put an existing server behind the broker in one command (DESIGN §8). Registers,
- * starts the command with the ports in its environment and `{port}`/`{app_port}`/`{app_socket}`
- * substituted in its arguments (never a secret), puts the key gate in front of it, keeps
- * heartbeats and the tunnel up, forwards signals, unregisters and exits with the command's status.
+ * broker run: put an existing server behind the broker in one command (DESIGN §8). Registers
+ * (with how the app can be reached locally: src/cli/run/app-exposure.ts), starts the command in
+ * its own process group with a reaper (src/cli/run/app-process.ts), puts the key gate in front of
+ * it (tcp-front.ts, https-front.ts), goes "up" only once the app listens where it should — on its
+ * socket, or on a port held by our own UID (app-listener.ts) —, keeps heartbeats and the tunnel up,
+ * forwards signals to the app's whole tree, stops the app when its service is removed or it never
+ * becomes ready, unregisters and exits with the app's status.
  */
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
-import { constants as osConstants, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { createServer, type Server } from 'node:net';
+import type { Server as TlsServer } from 'node:https';
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
+import type { Io } from '../io.js';
 import { client, parseDuration, sleep, UsageError } from '../util.js';
 
-function freeLoopbackPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
+const EXAMPLES = `
+Examples:
+  # the app listens on a Unix socket in a private 0700 directory: no other user can connect
+  broker run echo -- python3 examples/python-echo/echo_server.py --unix-socket {app_socket}
+  broker run nb --mode https --app-auth jupyter -- jupyter lab --no-browser \\
+      --ServerApp.sock={app_socket} --ServerApp.allow_remote_access=True
+  broker run api --mode https -- uvicorn app:app --uds {app_socket}
+  broker run code --mode https -- code-server --auth none --socket {app_socket}
+  # TCP only, but the app checks a credential: broker run makes one, the front presents it
+  broker run nb --mode https --app-auth jupyter -- jupyter lab --no-browser --port {app_port}
+  broker run api --mode https --app-auth header:X-App-Token -- ./server --port {app_port}
+  # TCP only and no authentication: its own network namespace (no other network for the app)
+  broker run files --mode https --isolate -- python3 -m http.server {app_port} --bind 127.0.0.1
+  broker run tb --mode https --isolate -- tensorboard --logdir runs --host 127.0.0.1 --port {app_port}
+  # a wrapper script that reads $BROKER_APP_SOCKET; a slow starter; long-idle requests
+  broker run web --mode https --app-listen socket -- ./start-web.sh
+  broker run big --ready-timeout 10m -- ./load-model-then-serve --unix-socket {app_socket}
+  broker run poll --mode https --idle-timeout 30m -- uvicorn app:app --uds {app_socket}
+  # a server that checks keys itself (service token in the 0600 file $BROKER_TOKEN_FILE)
+  broker run raw --no-gate --tunnel none -- ./server --port {port}
 
-function accepts(target: { port: number } | { path: string }): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s =
-      'path' in target
-        ? netConnect(target.path)
-        : netConnect({ host: '127.0.0.1', port: target.port });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
+Where the app listens:
+  {app_socket}  a Unix socket in a 0700 directory (BROKER_APP_SOCKET): only you can connect.
+                Preferred; exposure "unix-socket".
+  {app_port}    127.0.0.1:PORT (BROKER_APP_PORT). Any local user can connect there, so broker run
+                needs one of: --isolate (exposure "private-network"), --app-auth (exposure
+                "app-credential"), or it prints a WARNING and registers exposure "open".
+  --app-listen socket|port says which, for commands that read the environment instead of
+  {app_socket}/{app_port}. On a port, broker run goes up only when the listener belongs to your
+  UID: a port held by another user stops the app (exit 1) and names the UID.
+
+--app-auth KIND gives the app a fresh 256-bit credential in its environment and in a 0600 file
+(never in its arguments); the HTTPS front presents it on every request:
+  jupyter       JUPYTER_TOKEN, JUPYTER_TOKEN_FILE; sent as "Authorization: token …"
+  bearer        BROKER_APP_TOKEN, BROKER_APP_TOKEN_FILE; sent as "Authorization: Bearer …"
+  header:NAME   the same variables; sent as "NAME: …"
+
+--isolate runs the app with unshare (user + network namespace) and a relay from a socket in the
+private directory to its loopback; it needs unprivileged user namespaces, unshare and ip. Where
+they are missing broker run says why and goes on without (exposure as without --isolate).
+
+The app gets BROKER_SERVICE, BROKER_PORT (the public port) and BROKER_APP_SOCKET or
+BROKER_APP_PORT; never a secret in its arguments. The HTTPS front never passes the broker key,
+the login cookie or client-sent X-Forwarded-* on; it sets X-Forwarded-For/-Proto/-Host, and
+X-Forwarded-User (the principal) unless the app is open.
+
+The app runs in its own process group: SIGINT, SIGTERM and SIGHUP go to all of it (SIGKILL 5 s
+after SIGINT/SIGTERM if it is still there), and if broker run itself dies, even by SIGKILL, the
+group is stopped. The app is stopped when its service is removed (unregister, lease end; exit 1)
+or when it does not listen within --ready-timeout (exit 1, unregistered). Otherwise broker run
+exits with the app's status.`;
+
+/** The options as commander gives them. */
+interface RunOptions {
+  tunnel: string;
+  mode: string;
+  host?: string;
+  ttl?: string;
+  gate: boolean;
+  readyTimeout: string;
+  appListen?: string;
+  isolate?: boolean;
+  appAuth?: string;
+  idleTimeout: string;
 }
 
 export function define(program: Command, action: Action): void {
@@ -61,162 +103,283 @@ export function define(program: Command, action: Action): void {
       '--no-gate',
       'no gate: the app listens itself and checks keys (service token in the file $BROKER_TOKEN_FILE)',
     )
-    .option('--ready-timeout <dur>', 'how long to wait for the app to accept connections', '120s')
-    .addHelpText(
-      'after',
-      `
-Examples:
-  broker run echo -- python3 -m my_echo_server --port {app_port}
-  broker run tb --mode https -- tensorboard --logdir runs --host 127.0.0.1 --port {app_port}
-  broker run files --mode https -- python3 -m http.server {app_port} --bind 127.0.0.1   # then: broker open files
-  broker run raw --no-gate --tunnel none -- ./server --port {port}    # checks keys itself
-
-The command gets BROKER_SERVICE, BROKER_PORT (the public port), BROKER_APP_PORT (where it must
-listen, on 127.0.0.1) and BROKER_APP_SOCKET (a path, for apps that can listen on a Unix socket:
-use {app_socket} instead of {app_port}). It never gets a secret in its arguments. SIGINT, SIGTERM
-and SIGHUP are forwarded; broker run exits with the command's status.`,
+    .option(
+      '--ready-timeout <dur>',
+      'stop and unregister if the app does not listen by then',
+      '120s',
     )
+    .option(
+      '--app-listen <where>',
+      'socket ({app_socket}) or port ({app_port}); default: whichever the command names, else port',
+    )
+    .option('--isolate', 'run the app in its own network namespace (for apps on {app_port})')
+    .option(
+      '--app-auth <kind>',
+      'https: give the app a per-run credential the front presents: jupyter, bearer, header:NAME',
+    )
+    .option('--idle-timeout <dur>', 'https: close a connection with no traffic for this long', '5m')
+    .addHelpText('after', EXAMPLES)
     .action(
-      action(
-        async (
-          io,
-          name: string,
-          command: string[],
-          opts: Record<string, string | boolean | undefined>,
-        ) => {
-          if (opts.mode !== 'tcp' && opts.mode !== 'https') {
-            throw new UsageError('--mode must be tcp or https');
-          }
-          const https = opts.mode === 'https';
-          if (https && opts.gate === false) {
-            throw new UsageError(
-              '--no-gate with --mode https: use the server SDK (httpGate) in your app',
-            );
-          }
-          if (command.length === 0) throw new UsageError('give the command to run after --');
-          const { registerService } = await import('../../server-sdk/service.js');
-          const { gate } = await import('../../server-sdk/gate.js');
-          const { splice } = await import('../../protocol/splice.js');
-          const useSocket = command.some((a) => a.includes('{app_socket}'));
-          const work = mkdtempSync(join(tmpdir(), 'broker-run-'));
-          const appSocket = join(work, 'app.sock');
-          const appPort = useSocket ? 0 : await freeLoopbackPort();
-          const appTarget: { path: string } | { port: number } = useSocket
-            ? { path: appSocket }
-            : { port: appPort };
-          const tunnel = opts.tunnel === 'none' ? 'none' : 'ssh';
-          const noGate = opts.gate === false;
-          const broker = client(io);
-          const svc = await registerService({
-            broker,
-            name,
-            tunnel,
-            mode: https ? 'https' : 'tcp',
-            ...(opts.host ? { host: String(opts.host) } : {}),
-            ...(opts.ttl ? { ttlSeconds: parseDuration(String(opts.ttl), '--ttl') } : {}),
-            // Tunnelled connections go to the gate (or straight to the app with --no-gate); the
-            // tunnel attaches only once the app accepts connections (retarget below).
-            target: { port: 0 },
-            startTunnel: false,
-          });
-          const say = (s: string) => io.stderr.write(`broker run: ${s}\n`);
-          let gateServer: Server | import('node:https').Server | null = null;
-          const cleanup = () => rmSync(work, { recursive: true, force: true });
-          try {
-            const env: NodeJS.ProcessEnv = {
-              ...io.env,
-              BROKER_SERVICE: svc.ref,
-              BROKER_PORT: String(svc.port),
-              BROKER_APP_PORT: String(noGate && tunnel === 'none' ? svc.port : appPort || ''),
-              BROKER_APP_SOCKET: appSocket,
-            };
-            delete env.BROKER_TOKEN; // the app never sees the user's token
-            if (noGate) {
-              // FS-4: the service token goes in a 0600 file whose path is in the environment.
-              const tokenFile = join(work, 'service-token');
-              writeFileSync(tokenFile, svc.serviceToken + '\n', { mode: 0o600 });
-              env.BROKER_TOKEN_FILE = tokenFile;
-            }
-            const subst = (a: string) =>
-              a
-                .replaceAll('{port}', String(svc.port))
-                .replaceAll('{app_port}', String(noGate && tunnel === 'none' ? svc.port : appPort))
-                .replaceAll('{app_socket}', appSocket);
-            const child = spawn(command[0]!, command.slice(1).map(subst), {
-              env,
-              stdio: ['inherit', 'inherit', 'inherit'],
-            });
-            // The app's status: its exit code, 128 + the signal that killed it, or 127 when it
-            // could not be started at all (a spawn error emits no 'exit').
-            let ended = false;
-            const exited = new Promise<number>((resolve) => {
-              child.once('exit', (code, signal) => {
-                ended = true;
-                resolve(code ?? 128 + (signal ? (osConstants.signals[signal] ?? 0) : 0));
-              });
-              child.once('error', (err) => {
-                ended = true;
-                say(`cannot start ${command[0]}: ${err.message}`);
-                resolve(127);
-              });
-            });
-            for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const)
-              process.on(sig, () => child.kill(sig));
-
-            // The gate: key line, verify, then a byte-for-byte pipe to the app.
-            const target = noGate ? (tunnel === 'none' ? null : appTarget) : appTarget;
-            if (!noGate) {
-              gateServer = https
-                ? (await import('./https-front.js')).httpsFront(svc, appTarget)
-                : createServer(
-                    gate(
-                      (sock: Socket) => {
-                        const up =
-                          'path' in appTarget
-                            ? netConnect(appTarget.path)
-                            : netConnect({ host: '127.0.0.1', port: appTarget.port });
-                        if (!('path' in appTarget)) up.setNoDelay(true);
-                        splice(sock, up);
-                      },
-                      { verify: (k) => svc.verify(k) },
-                    ),
-                  );
-              const listenHost = tunnel === 'none' ? svc.service.host : '127.0.0.1';
-              await new Promise<void>((resolve, reject) => {
-                gateServer!.once('error', reject);
-                gateServer!.listen(tunnel === 'none' ? svc.port : 0, listenHost, () => resolve());
-              });
-            }
-            // Ready once the app accepts connections.
-            const deadline =
-              Date.now() + parseDuration(String(opts.readyTimeout), '--ready-timeout') * 1000;
-            const probe = target ?? { port: svc.port };
-            let up = false;
-            while (!up && Date.now() < deadline && !ended) {
-              up = await accepts(probe);
-              if (!up) await sleep(100);
-            }
-            if (up) {
-              if (tunnel === 'none') await svc.ready();
-              else {
-                const gatePort = gateServer
-                  ? (gateServer.address() as { port: number }).port
-                  : appPort;
-                svc.retarget(gatePort ? { port: gatePort } : appTarget);
-              }
-              say(`${svc.ref} is up on port ${svc.port}${noGate ? ' (no gate)' : ', gated'}`);
-            } else if (!ended)
-              say(`the app did not accept connections within ${opts.readyTimeout}`);
-            const code = await exited;
-            say(`${command[0]} exited with ${code}; unregistering ${svc.ref}`);
-            return code;
-          } finally {
-            gateServer?.close();
-            await svc.close().catch(() => {});
-            broker.close();
-            cleanup();
-          }
-        },
+      action(async (io, name: string, command: string[], opts: RunOptions) =>
+        run(io, name, command, opts),
       ),
     );
+}
+
+async function run(io: Io, name: string, command: string[], opts: RunOptions): Promise<number> {
+  if (opts.mode !== 'tcp' && opts.mode !== 'https')
+    throw new UsageError('--mode must be tcp or https');
+  if (opts.tunnel !== 'ssh' && opts.tunnel !== 'none')
+    throw new UsageError('--tunnel must be ssh or none');
+  const https = opts.mode === 'https';
+  const noGate = opts.gate === false;
+  const tunnel = opts.tunnel;
+  if (https && noGate)
+    throw new UsageError('--no-gate with --mode https: use the server SDK (httpGate) in your app');
+  if (command.length === 0) throw new UsageError('give the command to run after --');
+  const readyMs = parseDuration(opts.readyTimeout, '--ready-timeout') * 1000;
+  const idleMs = parseDuration(opts.idleTimeout, '--idle-timeout') * 1000;
+  const ttlSeconds = opts.ttl ? parseDuration(opts.ttl, '--ttl') : undefined;
+
+  const { planExposure, openWarning } = await import('../run/app-exposure.js');
+  const plan = await planExposure(
+    {
+      mode: opts.mode,
+      noGate,
+      appListen: opts.appListen,
+      isolate: opts.isolate === true,
+      appAuth: opts.appAuth,
+    },
+    command,
+    io.env,
+  );
+  const say = (s: string) => io.stderr.write(`broker run: ${s}\n`);
+  for (const n of plan.notes) say(n);
+
+  const [{ makeWorkDir }, { registerService }, { startApp, STOP_GRACE_MS }, listener] =
+    await Promise.all([
+      import('../run/work-dir.js'),
+      import('../../server-sdk/service.js'),
+      import('../run/app-process.js'),
+      import('../run/app-listener.js'),
+    ]);
+  const work = makeWorkDir(io.env);
+  const broker = client(io);
+  try {
+    // The app's own port: a free loopback port (also inside --isolate's namespace), or with
+    // --no-gate --tunnel none the public port itself (known after registering).
+    const appPublic = noGate && tunnel === 'none';
+    const freePort = plan.listen === 'port' && !appPublic ? await freeLoopbackPort() : 0;
+    const svc = await registerService({
+      broker,
+      name,
+      tunnel,
+      mode: https ? 'https' : 'tcp',
+      exposure: plan.exposure,
+      ...(opts.host ? { host: opts.host } : {}),
+      ...(ttlSeconds ? { ttlSeconds } : {}),
+      // Tunnelled connections go to the gate (or straight to the app with --no-gate); the tunnel
+      // attaches only once the app listens (retarget below).
+      target: { port: 0 },
+      startTunnel: false,
+    });
+    const appPort = plan.listen === 'port' ? (appPublic ? svc.port : freePort) : 0;
+    if (plan.exposure === 'open') for (const l of openWarning(appPort)) say(l);
+
+    // Where the gate reaches the app: the socket (the app's, or --isolate's relay), or the port.
+    const portTarget = { host: '127.0.0.1', port: appPort };
+    const target = plan.listen === 'socket' || plan.isolation ? { path: work.socket } : portTarget;
+    type Outcome =
+      | { kind: 'exited'; code: number }
+      | { kind: 'removed' }
+      | { kind: 'timeout' }
+      | { kind: 'foreign'; owners: { uid: number; address: string }[] }
+      | { kind: 'unverifiable'; message: string };
+    let finish!: (o: Outcome) => void;
+    const outcome = new Promise<Outcome>((resolve) => (finish = resolve));
+    let finished = false;
+    void outcome.then(() => (finished = true));
+    const guard =
+      'path' in target
+        ? null
+        : new listener.UpstreamGuard(portTarget, (owners) => finish({ kind: 'foreign', owners }));
+
+    const env: NodeJS.ProcessEnv = { ...io.env };
+    for (const k of Object.keys(env))
+      if (k === 'BROKER_TOKEN' || k.startsWith('BROKER_APP_') || k === 'BROKER_TOKEN_FILE')
+        delete env[k]; // the app never sees the user's token, nor a parent run's variables
+    env.BROKER_SERVICE = svc.ref;
+    env.BROKER_PORT = String(svc.port);
+    if (plan.listen === 'port') env.BROKER_APP_PORT = String(appPort);
+    else env.BROKER_APP_SOCKET = work.socket;
+    let appAuth: { name: string; value: string } | null = null;
+    if (plan.appAuth) {
+      const { makeAppAuth } = await import('../run/app-auth.js');
+      const a = makeAppAuth(plan.appAuth, work.path);
+      Object.assign(env, a.env);
+      appAuth = a.upstream;
+    }
+    if (noGate) {
+      // FS-4: the service token goes in a 0600 file whose path is in the environment.
+      const { writeFileSync } = await import('node:fs');
+      const tokenFile = `${work.path}/service-token`;
+      writeFileSync(tokenFile, svc.serviceToken + '\n', { mode: 0o600, flag: 'wx' });
+      env.BROKER_TOKEN_FILE = tokenFile;
+    }
+    const subst = (a: string) =>
+      a
+        .replaceAll('{port}', String(svc.port))
+        .replaceAll('{app_port}', String(appPort))
+        .replaceAll('{app_socket}', work.socket);
+    const args = command.slice(1).map(subst);
+    let spawnTarget = { file: command[0]!, args };
+    if (plan.isolation) {
+      const { isolatedCommand } = await import('../run/isolate.js');
+      spawnTarget = isolatedCommand(plan.isolation, work.socket, appPort, command[0]!, args);
+    }
+    const app = startApp(spawnTarget.file, spawnTarget.args, {
+      env,
+      onSpawnError: (m) => say(`cannot start ${command[0]}: ${m}`),
+    });
+    void app.exited.then((code) => finish({ kind: 'exited', code }));
+    svc.once('removed', () => finish({ kind: 'removed' }));
+    let killTimer: NodeJS.Timeout | null = null;
+    const onSignal = (sig: NodeJS.Signals) => {
+      app.signal(sig);
+      if (sig !== 'SIGHUP' && !killTimer)
+        killTimer = setTimeout(() => app.signal('SIGKILL'), STOP_GRACE_MS);
+    };
+    const signals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+    for (const sig of signals) process.on(sig, onSignal);
+
+    let front: Server | TlsServer | null = null;
+    try {
+      if (!noGate) {
+        front = https
+          ? (await import('../run/https-front.js')).httpsFront(svc, target, {
+              guard,
+              appAuth,
+              // Only where no one can reach the app around the front can it trust this header.
+              forwardUser: plan.exposure !== 'open',
+              idleTimeoutMs: idleMs,
+            })
+          : (await import('../run/tcp-front.js')).tcpFront(svc, target, guard);
+        const listenHost = tunnel === 'none' ? svc.service.host : '127.0.0.1';
+        await new Promise<void>((resolve, reject) => {
+          front!.once('error', reject);
+          front!.listen(tunnel === 'none' ? svc.port : 0, listenHost, () => resolve());
+        });
+      }
+
+      // Up once the app listens where it should.
+      const where =
+        'path' in target
+          ? plan.isolation
+            ? `127.0.0.1:${appPort} (isolated)`
+            : work.socket
+          : `127.0.0.1:${appPort}`;
+      const deadline = Date.now() + readyMs;
+      let up = false;
+      while (!up && !finished) {
+        if (Date.now() >= deadline) {
+          finish({ kind: 'timeout' });
+          break;
+        }
+        if ('path' in target) up = await accepts(target.path);
+        else {
+          let c: Awaited<ReturnType<typeof listener.checkListener>>;
+          try {
+            c = await listener.checkListener(appPort);
+          } catch (err) {
+            finish({
+              kind: 'unverifiable',
+              message: `cannot read the socket table to check who holds port ${appPort} (${(err as Error).message})`,
+            });
+            break;
+          }
+          if (c.kind === 'foreign') finish({ kind: 'foreign', owners: c.owners });
+          else if (c.kind === 'ours') {
+            portTarget.host = c.host;
+            up = true;
+            const wide = c.addresses.filter((a) => !/^(127\.|::1$)/.test(a));
+            if (wide.length && !appPublic)
+              say(
+                `WARNING: the app listens on ${wide.join(', ')} port ${appPort}, not only on loopback: other hosts can reach it without a key; bind it to 127.0.0.1`,
+              );
+          }
+        }
+        if (!up && !finished) await sleep(100);
+      }
+      if (up && !finished) {
+        if (tunnel === 'none') await svc.ready();
+        else if (front) svc.retarget({ port: (front.address() as { port: number }).port });
+        else svc.retarget('path' in target ? target : { host: portTarget.host, port: appPort });
+        say(
+          `${svc.ref} is up on port ${svc.port}${noGate ? ' (no gate)' : ', gated'}; the app is on ${where} (exposure ${plan.exposure})`,
+        );
+      }
+
+      const o = await outcome;
+      const cmd = command[0];
+      switch (o.kind) {
+        case 'exited':
+          say(`${cmd} exited with ${o.code}; unregistering ${svc.ref}`);
+          return o.code;
+        case 'removed':
+          say(
+            `service_not_found: ${svc.ref} was removed from the broker (unregistered, its owner removed, or its lease ended); stopping ${cmd}`,
+          );
+          break;
+        case 'timeout':
+          say(
+            `service_not_ready: ${cmd} did not listen on ${where} within ${opts.readyTimeout}; check its output above, that it listens on the ${'path' in target && !plan.isolation ? '{app_socket}' : '{app_port}'} it was given, or allow more time with --ready-timeout; stopping it and unregistering ${svc.ref}`,
+          );
+          break;
+        case 'foreign':
+          say(
+            `port_unavailable: port ${appPort} is held by ${[...new Set(o.owners.map((w) => listener.describeUid(w.uid)))].join(', ')}, not by you (UID ${process.getuid?.()}): another user may be trying to receive your clients' traffic; nothing was forwarded there. Stopping ${cmd} and unregistering ${svc.ref}. Let the app listen on {app_socket}, or use --isolate`,
+          );
+          break;
+        case 'unverifiable':
+          say(
+            `port_unavailable: ${o.message}; stopping ${cmd}. Let the app listen on {app_socket}`,
+          );
+          break;
+      }
+      await app.stop();
+      return 1;
+    } finally {
+      for (const sig of signals) process.off(sig, onSignal);
+      if (killTimer) clearTimeout(killTimer);
+      front?.close();
+      await svc.close().catch(() => {});
+      app.release();
+    }
+  } finally {
+    broker.close();
+    work.remove();
+  }
+}
+
+function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+async function accepts(path: string): Promise<boolean> {
+  const { connect } = await import('node:net');
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 }
