@@ -259,6 +259,15 @@ export class HttpGate {
     next: (req: GatedRequest, socket: Duplex, head: Buffer) => void,
   ): void {
     socket.on('error', () => socket.destroy());
+    // A key in an upgrade URL authenticates nothing (upgrades carry a bearer or the session
+    // cookie) and must not reach the app or its logs.
+    if (req.url?.includes('?')) {
+      const url = new URL(req.url, 'https://gate.invalid');
+      if (url.searchParams.has(LOGIN_PARAM)) {
+        url.searchParams.delete(LOGIN_PARAM);
+        req.url = url.pathname + (url.search === '?' ? '' : url.search);
+      }
+    }
     void this.identify(req).then((who) => {
       if (socket.destroyed) return; // the client left during the verify
       if (!who) {

@@ -760,7 +760,15 @@ export class Gateway {
    * channels it may no longer have.
    */
   private follow(c: RegistryChange): void {
-    if (c.kind === 'service.removed') return this.serviceRemoved(c.service.id);
+    if (c.kind === 'service.removed') {
+      this.serviceRemoved(c.service.id);
+      // Its server's own connection (service token) ends too: the SDK learns at once, on its
+      // reconnect, that the service is gone (and broker run stops the app).
+      for (const state of this.conns)
+        if (state.identity?.kind === 'service' && state.identity.service.id === c.service.id)
+          this.endConnection(state, 'service removed');
+      return;
+    }
     if (c.kind === 'key.revoked') return;
     for (const state of this.conns) {
       const id = state.identity;
