@@ -15,9 +15,10 @@ export function have(cmd) {
 
 /**
  * Start a real daemon on a fresh state dir. `extra`: more `broker serve` arguments;
- * `nodeArgs`: flags for node itself (e.g. ['--cpu-prof', '--cpu-prof-dir', dir]).
+ * `nodeArgs`: flags for node itself (e.g. ['--cpu-prof', '--cpu-prof-dir', dir]); `bin`: another
+ * tree's `bin/broker` (A/B runs against an older build).
  */
-export async function startDaemon(extra = [], { nodeArgs = [] } = {}) {
+export async function startDaemon(extra = [], { nodeArgs = [], bin = BIN } = {}) {
   const home = mkdtempSync(join(tmpdir(), 'broker-bench-'));
   const dataDir = join(home, 'state');
   const logFd = openSync(join(home, 'daemon.log'), 'a');
@@ -25,7 +26,7 @@ export async function startDaemon(extra = [], { nodeArgs = [] } = {}) {
     process.execPath,
     [
       ...nodeArgs,
-      BIN,
+      bin,
       'serve',
       '--data',
       dataDir,
