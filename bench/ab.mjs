@@ -12,10 +12,10 @@
 //   BENCH_AB_BASE=<git ref> (default 9c48965^, the commit before issue 11's foundations)
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, symlinkSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT, fmt, have, median, startDaemon, wrk } from './lib.mjs';
+import { ROOT, fmt, have, freePort, median, startDaemon, waitFor, wrk } from './lib.mjs';
 
 const BASE_REF = process.env.BENCH_AB_BASE ?? '9c48965^';
 const ROUNDS = Number(process.env.BENCH_AB_ROUNDS ?? 3);
@@ -34,23 +34,6 @@ function buildBase(ref) {
   symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
   execFileSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: dir, stdio: 'inherit' });
   return dir;
-}
-
-const free = () =>
-  new Promise((r) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => r(p));
-    });
-  });
-
-async function waitFor(pred, ms = 20000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return;
-    await sleep(100);
-  }
-  throw new Error('timed out');
 }
 
 /** Stream `bytes` through port; the sink answers '!' to the first burst. MiB/s after the probe. */
@@ -168,7 +151,7 @@ async function gateCost(s) {
   const gate = [];
   const verify = [];
   // The app itself, reached directly, for the baseline first byte.
-  const appPort = await free();
+  const appPort = await freePort();
   const app = spawn(process.execPath, [apps, 'sink', String(appPort)], { stdio: 'ignore' });
   children.push(app);
   await sleep(300);

@@ -233,45 +233,25 @@ export class Gateway {
       if (uid !== null) sourceKey = `uid:${uid}`;
     }
     if (socket.destroyed) return;
-    if (this.d.authFailures.blocked(sourceKey) > 0) {
-      // PerSourcePenalties: a source that failed too many logins waits out its block.
+    // Refused before any SSH is spoken: one audit row per source, reason and window.
+    const refuse = (reason: string, tag: string) => {
       this.event(
         null,
         'ssh.connect',
         null,
         'refused',
         source,
-        { reason: 'penalty', source: sourceKey },
-        `ssh-penalty\0${sourceKey}`,
+        { reason, source: sourceKey },
+        `${tag}\0${sourceKey}`,
       );
       socket.destroy();
-      return;
-    }
-    const release = this.preauth.admit(sourceKey, () => {
-      this.event(
-        null,
-        'ssh.connect',
-        null,
-        'refused',
-        source,
-        { reason: 'pre-auth slot given to another source', source: sourceKey },
-        `ssh-evict\0${sourceKey}`,
-      );
-      socket.destroy();
-    });
-    if (!release) {
-      this.event(
-        null,
-        'ssh.connect',
-        null,
-        'refused',
-        source,
-        { reason: 'too many unauthenticated connections', source: sourceKey },
-        `ssh-full\0${sourceKey}`,
-      );
-      socket.destroy();
-      return;
-    }
+    };
+    // PerSourcePenalties: a source that failed too many logins waits out its block.
+    if (this.d.authFailures.blocked(sourceKey) > 0) return refuse('penalty', 'ssh-penalty');
+    const release = this.preauth.admit(sourceKey, () =>
+      refuse('pre-auth slot given to another source', 'ssh-evict'),
+    );
+    if (!release) return refuse('too many unauthenticated connections', 'ssh-full');
     socket.once('close', release);
     const timer = setTimeout(() => {
       this.event(
