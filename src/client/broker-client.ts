@@ -91,7 +91,14 @@ export class BrokerClient {
     this.credentials = discoverCredentials(opts);
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.agent = this.credentials.ca
-      ? new Agent({ ca: this.credentials.ca, keepAlive: true, minVersion: 'TLSv1.2' })
+      ? // Within one user's share of the broker's connections (128): a busy gate queues its
+        // verifies on these instead of opening more (and getting some refused).
+        new Agent({
+          ca: this.credentials.ca,
+          keepAlive: true,
+          maxSockets: 32,
+          minVersion: 'TLSv1.2',
+        })
       : undefined;
   }
 
