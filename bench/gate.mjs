@@ -5,10 +5,10 @@
 //        the same kind of certificate (goal ≥ 70 %).
 import { spawn } from 'node:child_process';
 import { writeFileSync, mkdtempSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BIN, ROOT, fmt, have, median, startDaemon, wrk } from './lib.mjs';
+import { BIN, ROOT, fmt, have, freePort, median, startDaemon, waitFor, wrk } from './lib.mjs';
 
 const MIB = 1024 * 1024;
 const apps = join(ROOT, 'bench', 'gate', 'apps.mjs');
@@ -17,22 +17,6 @@ const line = (s = '') => process.stdout.write(s + '\n');
 const results = {};
 const children = [];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const free = () =>
-  new Promise((r) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => r(p));
-    });
-  });
-
-async function waitFor(pred, ms = 20000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return;
-    await sleep(100);
-  }
-  throw new Error('timed out');
-}
 
 /** `broker run NAME ARGS… -- COMMAND…`, once the service is ready: {proc, port, key}. */
 async function brokerRun(d, owner, name, args, command) {
@@ -99,7 +83,7 @@ const d = await startDaemon();
 try {
   line('## broker run gate overhead');
   // --- TCP -----------------------------------------------------------------
-  const direct = await free();
+  const direct = await freePort();
   children.push(
     spawn(process.execPath, [apps, 'sink', String(direct)], {
       stdio: 'ignore',
@@ -120,7 +104,7 @@ try {
   await sleep(300);
   // The ceiling: a bare Node pipe to the same app, no key, no checks — what any gate written in
   // Node pays on this host for the extra hop (two more socket copies, one more process).
-  const relay = await free();
+  const relay = await freePort();
   children.push(
     spawn(process.execPath, [apps, 'relay', String(relay), String(direct)], { stdio: 'ignore' }),
   );
@@ -191,7 +175,7 @@ try {
     const tmp = mkdtempSync(join(tmpdir(), 'gate-bench-'));
     writeFileSync(join(tmp, 'c.pem'), reg.body.tls.cert);
     writeFileSync(join(tmp, 'k.pem'), reg.body.tls.key);
-    const dport = await free();
+    const dport = await freePort();
     children.push(
       spawn(
         process.execPath,
@@ -201,7 +185,7 @@ try {
     );
     // The ceiling: TLS off with the same certificate, then a bare pipe to the same plain-HTTP
     // app — no HTTP parsing, no key check. No HTTPS gate in Node can beat it on this host.
-    const [aport, cport] = [await free(), await free()];
+    const [aport, cport] = [await freePort(), await freePort()];
     children.push(
       spawn(process.execPath, [apps, 'http', String(aport)], {
         stdio: 'ignore',
@@ -244,7 +228,7 @@ try {
         port: pgport,
         key: pkey,
       } = await brokerRun(d, owner, 'gpy', https, ['python3', pyapp, '{app_port}']);
-      const pport = await free();
+      const pport = await freePort();
       children.push(
         spawn('python3', [pyapp, String(pport), join(tmp, 'c.pem'), join(tmp, 'k.pem')], {
           stdio: 'ignore',

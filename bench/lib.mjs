@@ -2,6 +2,7 @@
 import { spawn, execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, openSync } from 'node:fs';
 import { request, Agent } from 'node:https';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,9 +16,10 @@ export function have(cmd) {
 
 /**
  * Start a real daemon on a fresh state dir. `extra`: more `broker serve` arguments;
- * `nodeArgs`: flags for node itself (e.g. ['--cpu-prof', '--cpu-prof-dir', dir]).
+ * `nodeArgs`: flags for node itself (e.g. ['--cpu-prof', '--cpu-prof-dir', dir]); `bin`: another
+ * tree's `bin/broker` (A/B runs against an older build).
  */
-export async function startDaemon(extra = [], { nodeArgs = [] } = {}) {
+export async function startDaemon(extra = [], { nodeArgs = [], bin = BIN } = {}) {
   const home = mkdtempSync(join(tmpdir(), 'broker-bench-'));
   const dataDir = join(home, 'state');
   const logFd = openSync(join(home, 'daemon.log'), 'a');
@@ -25,7 +27,7 @@ export async function startDaemon(extra = [], { nodeArgs = [] } = {}) {
     process.execPath,
     [
       ...nodeArgs,
-      BIN,
+      bin,
       'serve',
       '--data',
       dataDir,
@@ -133,3 +135,22 @@ end`,
 export const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 export const fmt = (x, d = 0) =>
   x.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d });
+
+/** A free loopback port (bound then released). */
+export const freePort = () =>
+  new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+
+/** Poll `pred` every 100 ms until it holds; throws after `ms`. */
+export async function waitFor(pred, ms = 20000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await pred()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('timed out');
+}

@@ -2,7 +2,8 @@
 """An echo server gated by the broker's Python helper (key line → OK/DENIED → echo).
 
 Reads its port from BROKER_PORT and the service token from BROKER_TOKEN, as left by
-`eval "$(broker register NAME --tunnel none --format env)"` in a job script.
+`eval "$(broker register NAME --tunnel none --format env)"` in a job script, and confirms it is
+ready (BROKER_SERVICE) once it listens.
 """
 import os
 import socketserver
@@ -31,4 +32,7 @@ class Server(socketserver.ThreadingTCPServer):
 if __name__ == "__main__":
     with Server((os.environ.get("BROKER_HOST", "127.0.0.1"), int(os.environ["BROKER_PORT"])), Echo) as srv:
         srv.broker_client = BrokerClient()  # BROKER_TOKEN is the service token here
+        # Listening now: confirm it, so clients waiting with `broker load --wait` get their key.
+        if os.environ.get("BROKER_SERVICE"):
+            srv.broker_client.ready(os.environ["BROKER_SERVICE"])
         srv.serve_forever()

@@ -47,6 +47,8 @@ export const DEFAULTS = Object.freeze({
   requestTimeoutMs: 30_000,
   maxHeaderBytes: 16 * 1024,
   maxConnections: 1024,
+  /** API connections one source (a local UID, or a remote address) may hold at once (LOC-5). */
+  maxConnectionsPerSource: 128,
   keepAliveTimeoutMs: 5_000,
   /** Failed verifies a service may see per window before backoff (SECURITY.md BF-1). */
   verifyMaxFailures: 30,
@@ -70,6 +72,9 @@ export const DEFAULTS = Object.freeze({
   sshMaxAuthFailuresPerSource: 30,
   sshMaxConnections: 1024,
   sshMaxChannelsPerConnection: 64,
+  /** One principal's share: authenticated connections and channels at once (LOC-5). */
+  sshMaxConnectionsPerPrincipal: 128,
+  sshMaxChannelsPerPrincipal: 512,
   sshMaxChannels: 4096,
   /**
    * Local Unix users (UIDs) whose scraper may read /metrics over loopback without a token, besides
@@ -119,6 +124,7 @@ export const ConfigSchema = z
       .min(1024)
       .max(16 * 1024),
     maxConnections: z.number().int().positive(),
+    maxConnectionsPerSource: z.number().int().positive(),
     keepAliveTimeoutMs: z.number().int().positive(),
     verifyMaxFailures: z.number().int().positive(),
     verifyFailureWindowSeconds: seconds,
@@ -134,6 +140,8 @@ export const ConfigSchema = z
     sshMaxAuthFailuresPerSource: z.number().int().positive(),
     sshMaxConnections: z.number().int().positive(),
     sshMaxChannelsPerConnection: z.number().int().positive(),
+    sshMaxConnectionsPerPrincipal: z.number().int().positive(),
+    sshMaxChannelsPerPrincipal: z.number().int().positive(),
     sshMaxChannels: z.number().int().positive(),
     metricsUids: z.array(z.number().int().min(0)).max(64),
     logFailuresPerSecond: z.number().int().min(1),

@@ -167,6 +167,8 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         );
     });
     const gatewayRef: { port: number; gateway: Gateway | null } = { port: ssh.port, gateway: null };
+    // Attributes loopback connections to local Unix users (API and gateway shares, LOC-5).
+    const peers = new PeerUidLookup();
     let gatewayStats = { tunnels: () => 0, channels: () => 0, bytes: () => 0 };
     const metrics = new PromMetrics({
       servicesByStatus: () => {
@@ -246,9 +248,11 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         maxConnections: config.sshMaxConnections,
         maxChannelsPerConnection: config.sshMaxChannelsPerConnection,
         maxChannels: config.sshMaxChannels,
+        maxConnectionsPerPrincipal: config.sshMaxConnectionsPerPrincipal,
+        maxChannelsPerPrincipal: config.sshMaxChannelsPerPrincipal,
       },
       changes,
-      peers: new PeerUidLookup(),
+      peers,
       authFailures: new FailureLimiter(
         {
           maxFailures: config.sshMaxAuthFailuresPerSource,
@@ -339,6 +343,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         tarpitMs: config.verifyTarpitMs,
         tarpitMax: config.verifyTarpitMax,
       }),
+      peers,
     );
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

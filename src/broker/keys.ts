@@ -230,6 +230,31 @@ export class KeyService {
    * with keys (SES-1): a used one-time key still holds; its session ends with it. Ids of other
    * services' keys are simply not live (no oracle, COMP-1).
    */
+  /**
+   * A client certificate presented to the calling service (mTLS), by its fingerprint: valid while
+   * the broker's record of it lives (not expired, the token that minted it not revoked) and its
+   * principal exists and is enabled (SES-2). Who may use the service is the service's own list
+   * (`requireClientCert: { allow }`), which the gate applies. The certificate id stands in for the
+   * key id: watch it with `live` like one.
+   */
+  verifyCert(id: Identity, fingerprint: string): VerifyResponse {
+    if (id.kind !== 'service')
+      throw new BrokerError('forbidden', 'verifying a certificate needs the service token');
+    const now = this.d.clock.now();
+    const row = /^sha256:[0-9a-f]{64}$/.test(fingerprint)
+      ? this.d.store.findClientCert(fingerprint)
+      : null;
+    const p = row ? this.d.principals.get(row.principal) : null;
+    if (!row || row.expiresAt <= now || !p || p.disabled) return { valid: false };
+    return {
+      valid: true,
+      principal: row.principal,
+      keyId: row.id,
+      expiresAt: new Date(row.expiresAt).toISOString(),
+      once: false,
+    };
+  }
+
   live(id: Identity, keyIds: string[]): { live: string[] } {
     if (id.kind !== 'service')
       throw new BrokerError('forbidden', 'checking keys needs the service token of their service');
@@ -238,6 +263,12 @@ export class KeyService {
     const now = this.d.clock.now();
     const live: string[] = [];
     for (const keyId of new Set(keyIds)) {
+      if (/^crt_[a-z0-9]{16}$/.test(keyId)) {
+        const cert = this.d.store.getClientCert(keyId);
+        const p = cert ? this.d.principals.get(cert.principal) : null;
+        if (cert && cert.expiresAt > now && p && !p.disabled) live.push(keyId);
+        continue;
+      }
       const row = /^key_[a-z0-9]{16}$/.test(keyId) ? this.d.store.getKey(keyId) : null;
       if (
         row &&

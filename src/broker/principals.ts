@@ -281,6 +281,17 @@ export class PrincipalAdmin {
       lifetimeSeconds: Math.min(this.d.clientCertSeconds ?? Infinity, tokenLeft),
       publicKeySpki: spki,
     });
+    // Recorded, so a gate admits it only while it and its principal live, and revoking the
+    // token it was issued with takes it too (SES-2).
+    const certId = newId('crt');
+    this.d.store.insertClientCert({
+      id: certId,
+      fingerprint: cert.fingerprint,
+      principal,
+      tokenId: mintingToken(id),
+      createdAt: this.d.clock.now(),
+      expiresAt: cert.notAfter.getTime(),
+    });
     this.d.audit.record({
       actor: actorOf(id),
       action: 'cert.issue',
@@ -288,12 +299,14 @@ export class PrincipalAdmin {
       outcome: 'ok',
       source,
       details: {
+        certId,
         fingerprint: cert.fingerprint,
         usage: 'client',
         notAfter: cert.notAfter.toISOString(),
       },
     });
     return {
+      certId,
       cert: cert.certPem,
       ca: this.d.signer.caCertPem,
       fingerprint: cert.fingerprint,
@@ -332,6 +345,7 @@ export class PrincipalAdmin {
           ? { services: gone.services.map((s) => `${s.owner}/${s.name}`) }
           : {}),
         ...(gone.keyIds.length ? { keys: gone.keyIds.length } : {}),
+        ...(gone.certIds.length ? { certificates: gone.certIds.length } : {}),
       },
     });
   }

@@ -13,7 +13,7 @@ export function newSecret(kind: SecretKind): string {
 const idAlphabet = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 16);
 
 /** A public identifier such as `svc_…`, `key_…`, `tok_…` (not a secret: 82 bits, unguessable enough to not collide). */
-export function newId(prefix: 'svc' | 'key' | 'tok'): string {
+export function newId(prefix: 'svc' | 'key' | 'tok' | 'crt'): string {
   return `${prefix}_${idAlphabet()}`;
 }
 

@@ -552,6 +552,7 @@ export class ServiceRegistry {
     const offline = store.markStale(now - config.heartbeatGraceSeconds * 1000);
     const reaped = store.reapExpired(now, config.portCooldownSeconds);
     store.deleteExpiredKeys(now);
+    store.deleteExpiredClientCerts(now);
     for (const s of offline) {
       this.d.audit.record({
         actor: null,

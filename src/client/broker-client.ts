@@ -91,7 +91,14 @@ export class BrokerClient {
     this.credentials = discoverCredentials(opts);
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.agent = this.credentials.ca
-      ? new Agent({ ca: this.credentials.ca, keepAlive: true, minVersion: 'TLSv1.2' })
+      ? // Within one user's share of the broker's connections (128): a busy gate queues its
+        // verifies on these instead of opening more (and getting some refused).
+        new Agent({
+          ca: this.credentials.ca,
+          keepAlive: true,
+          maxSockets: 32,
+          minVersion: 'TLSv1.2',
+        })
       : undefined;
   }
 
@@ -338,7 +345,7 @@ export class BrokerClient {
   clientCert(
     principal: string,
     csr: string,
-  ): Promise<{ cert: string; ca: string; fingerprint: string; notAfter: string }> {
+  ): Promise<{ certId: string; cert: string; ca: string; fingerprint: string; notAfter: string }> {
     return this.request('POST', `/v1/principals/${encodeURIComponent(principal)}/client-cert`, {
       csr,
     });
@@ -361,6 +368,14 @@ export class BrokerClient {
   /** Check a client key with the service token of the service it was presented to. */
   verify(key: string): Promise<VerifyResponse> {
     return this.request('POST', '/v1/verify', { key });
+  }
+
+  /**
+   * Does this client certificate (`sha256:` + hex of its DER) admit its principal to this service
+   * (service token)? The answer's `keyId` is the certificate's id (`crt_…`) for `liveKeys`.
+   */
+  verifyCert(fingerprint: string): Promise<VerifyResponse> {
+    return this.request('POST', '/v1/verify/cert', { fingerprint });
   }
 
   /**

@@ -47,9 +47,16 @@ export interface HttpGateOptions {
   /**
    * mTLS: principals whose broker-issued client certificate (CN = principal) lets them in
    * without a key. The TLS layer (tlsOptions with requireClientCert) has already checked that the
-   * certificate chains to the broker CA.
+   * certificate chains to the broker CA; `verifyCert` then asks the broker whether it still holds.
    */
   clientCertAllow?: string[];
+  /**
+   * Ask the broker about a client certificate by its fingerprint (normally the service client's
+   * `verifyCert`): required with `clientCertAllow`. A certificate admits only while the broker's
+   * record of it lives and its principal is enabled and allowed (SES-2); its id is watched like a
+   * key's.
+   */
+  verifyCert?: (fingerprint: string) => Promise<VerifyResponse>;
 }
 
 export interface GatedRequest extends IncomingMessage {
@@ -88,6 +95,10 @@ export class HttpGate {
     this.keyWatch =
       opts.keyWatch ??
       (opts.live ? new KeyWatch({ live: opts.live, intervalMs: opts.recheckMs }) : null);
+    if (opts.clientCertAllow && !opts.verifyCert)
+      throw new TypeError(
+        'clientCertAllow needs verifyCert: a certificate must be checked with the broker, not admitted on its name alone',
+      );
   }
 
   /** Sessions held now. */
@@ -95,15 +106,18 @@ export class HttpGate {
     return this.sessions.size;
   }
 
-  /** Verify a key; `fresh` skips the cache (login URLs). One-time keys are never cached. */
-  private async check(key: string, fresh = false): Promise<Who | null> {
-    const h = createHash('sha256').update(key).digest('hex');
+  /**
+   * Verify a key (or, `cert`, a client certificate's fingerprint); `fresh` skips the cache (login
+   * URLs). One-time keys are never cached.
+   */
+  private async check(key: string, fresh = false, cert = false): Promise<Who | null> {
+    const h = cert ? key : createHash('sha256').update(key).digest('hex');
     const now = Date.now();
     const hit = fresh ? undefined : this.cache.get(h);
     if (hit && now - hit.at < this.cacheMs && hit.who.expiresAt > now) return hit.who;
     let r: VerifyResponse;
     try {
-      r = await this.opts.verify(key);
+      r = await (cert ? this.opts.verifyCert!(key) : this.opts.verify(key));
     } catch {
       return null;
     }
@@ -169,9 +183,13 @@ export class HttpGate {
       tls.authorized &&
       typeof tls.getPeerCertificate === 'function'
     ) {
-      const cn = tls.getPeerCertificate()?.subject?.CN;
-      if (typeof cn === 'string' && this.opts.clientCertAllow.includes(cn))
-        return { principal: cn, keyId: null };
+      const peer = tls.getPeerCertificate();
+      const cn = peer?.subject?.CN;
+      if (typeof cn === 'string' && this.opts.clientCertAllow.includes(cn) && peer.raw) {
+        const fingerprint = 'sha256:' + createHash('sha256').update(peer.raw).digest('hex');
+        const who = await this.check(fingerprint, false, true);
+        if (who && who.principal === cn) return { principal: cn, keyId: who.keyId };
+      }
     }
     const auth = req.headers.authorization;
     const who = auth?.startsWith('Bearer ')

@@ -100,6 +100,11 @@ export class BrokerService extends EventEmitter {
     return this.client.verify(key);
   }
 
+  /** Ask the broker about a presented client certificate, by its fingerprint (mTLS). */
+  verifyCert(fingerprint: string): Promise<VerifyResponse> {
+    return this.client.verifyCert(fingerprint);
+  }
+
   /** A connection listener that lets only key holders reach `handler` (DESIGN §7). */
   gate(handler: GatedHandler, opts: Omit<GateOptions, 'verify'> = {}): (socket: Socket) => void {
     return gate(handler, { keyWatch: this.keyWatch, ...opts, verify: (k) => this.verify(k) });
@@ -142,6 +147,7 @@ export class BrokerService extends EventEmitter {
       keyWatch: this.keyWatch,
       ...opts,
       verify: (k) => this.verify(k),
+      verifyCert: (f) => this.verifyCert(f),
     });
   }
 

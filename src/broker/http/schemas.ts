@@ -31,6 +31,8 @@ export const LoadBody = z
 
 export const VerifyBody = z.object({ key: z.string().max(MAX_KEY_LINE_BYTES) }).strict();
 
+export const VerifyCertBody = z.object({ fingerprint: z.string().max(80) }).strict();
+
 export const LiveKeysBody = z.object({ keyIds: z.array(z.string().max(40)).max(1000) }).strict();
 
 export const RenewCertBody = z.object({ csr: z.string().min(1).max(8192).optional() }).strict();

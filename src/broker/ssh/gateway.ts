@@ -25,7 +25,7 @@ import { canonicalIp, isLoopback } from '../net-util.js';
 import { canSee } from '../services.js';
 import type { ServiceRow, Store } from '../store/store.js';
 import { sshFingerprint, type HostKey } from './host-key.js';
-import { PreauthSlots } from './preauth.js';
+import { FairShares } from '../fair-shares.js';
 import { PublishedPorts, type HoldResult } from './published-ports.js';
 import { verifySignature } from './public-keys.js';
 import { splice } from '../../protocol/splice.js';
@@ -67,6 +67,13 @@ export interface GatewayLimits {
   maxConnections: number;
   maxChannelsPerConnection: number;
   maxChannels: number;
+  /**
+   * One principal's share (LOC-5): authenticated connections and channels at once, counted for
+   * the principal a connection authenticated as (a service token counts for its owner) and, for
+   * connections to a published port, for the service's owner. No one can fill the whole gateway.
+   */
+  maxConnectionsPerPrincipal: number;
+  maxChannelsPerPrincipal: number;
 }
 
 export interface GatewayDeps {
@@ -88,6 +95,8 @@ export interface GatewayDeps {
 /** A reverse tunnel attached to a service's held port. */
 interface Tunnel {
   serviceId: string;
+  /** Whose share its published-port connections use. */
+  owner: string;
   conn: Connection;
   bindAddr: string;
   port: number;
@@ -118,6 +127,11 @@ const HANDLED_CHANNEL_TYPES = new Set([
 
 export type ForwardDecision = { ok: true; service: ServiceRow } | { ok: false; reason: string };
 
+/** Whose share a connection uses: its principal, or a service token's owner. */
+function shareOf(id: Identity): string {
+  return id.kind === 'principal' ? id.principal.name : id.service.owner;
+}
+
 /** Names a client may use for a tunnelled service: loopback literals, after canonicalisation. */
 function loopbackLiteral(host: string): boolean {
   if (host === 'localhost') return true;
@@ -137,8 +151,10 @@ export class Gateway {
   /** Every accepted socket, authenticated or not, so shutdown never waits on a silent one. */
   private readonly sockets = new Set<Socket>();
   private readonly pending = new Map<string, (conn: Connection) => void>();
-  private readonly preauth: PreauthSlots;
+  private readonly preauth: FairShares;
   private channelCount = 0;
+  /** Connections and channels held now, by principal (LOC-5 shares). */
+  private readonly shares = new Map<string, { conns: number; channels: number }>();
   bytesForwarded = 0;
 
   constructor(private readonly d: GatewayDeps) {
@@ -157,7 +173,7 @@ export class Gateway {
     this.net = createNetServer((socket) => void this.accept(socket));
     this.net.maxConnections = d.limits.maxConnections;
     this.net.on('error', (err) => d.log.error({ err }, 'gateway listener error'));
-    this.preauth = new PreauthSlots({
+    this.preauth = new FairShares({
       max: d.limits.maxUnauthenticated,
       perSource: d.limits.maxUnauthenticatedPerSource,
     });
@@ -233,45 +249,25 @@ export class Gateway {
       if (uid !== null) sourceKey = `uid:${uid}`;
     }
     if (socket.destroyed) return;
-    if (this.d.authFailures.blocked(sourceKey) > 0) {
-      // PerSourcePenalties: a source that failed too many logins waits out its block.
+    // Refused before any SSH is spoken: one audit row per source, reason and window.
+    const refuse = (reason: string, tag: string) => {
       this.event(
         null,
         'ssh.connect',
         null,
         'refused',
         source,
-        { reason: 'penalty', source: sourceKey },
-        `ssh-penalty\0${sourceKey}`,
+        { reason, source: sourceKey },
+        `${tag}\0${sourceKey}`,
       );
       socket.destroy();
-      return;
-    }
-    const release = this.preauth.admit(sourceKey, () => {
-      this.event(
-        null,
-        'ssh.connect',
-        null,
-        'refused',
-        source,
-        { reason: 'pre-auth slot given to another source', source: sourceKey },
-        `ssh-evict\0${sourceKey}`,
-      );
-      socket.destroy();
-    });
-    if (!release) {
-      this.event(
-        null,
-        'ssh.connect',
-        null,
-        'refused',
-        source,
-        { reason: 'too many unauthenticated connections', source: sourceKey },
-        `ssh-full\0${sourceKey}`,
-      );
-      socket.destroy();
-      return;
-    }
+    };
+    // PerSourcePenalties: a source that failed too many logins waits out its block.
+    if (this.d.authFailures.blocked(sourceKey) > 0) return refuse('penalty', 'ssh-penalty');
+    const release = this.preauth.admit(sourceKey, () =>
+      refuse('pre-auth slot given to another source', 'ssh-evict'),
+    );
+    if (!release) return refuse('too many unauthenticated connections', 'ssh-full');
     socket.once('close', release);
     const timer = setTimeout(() => {
       this.event(
@@ -360,6 +356,29 @@ export class Gateway {
         clearTimeout(timer);
         release();
         const id = state.identity!;
+        // One principal's share of authenticated connections (LOC-5).
+        const share = this.share(shareOf(id));
+        if (share.conns >= this.d.limits.maxConnectionsPerPrincipal) {
+          this.unshare(shareOf(id));
+          this.event(
+            actorOf(id),
+            'ssh.login',
+            null,
+            'refused',
+            source,
+            {
+              reason: 'too many connections for this principal',
+            },
+            `ssh-share\0${shareOf(id)}`,
+          );
+          socket.destroy();
+          return;
+        }
+        share.conns++;
+        socket.once('close', () => {
+          share.conns--;
+          this.unshare(shareOf(id));
+        });
         // A connection lives no longer than the credential it was opened with (SES-2).
         if (id.kind === 'principal' && id.tokenExpiresAt !== null) {
           state.expiry = setTimeout(
@@ -486,25 +505,44 @@ export class Gateway {
     return { ok: true, service: svc };
   }
 
+  private share(principal: string): { conns: number; channels: number } {
+    let s = this.shares.get(principal);
+    if (!s) this.shares.set(principal, (s = { conns: 0, channels: 0 }));
+    return s;
+  }
+
+  private unshare(principal: string): void {
+    const s = this.shares.get(principal);
+    if (s && s.conns === 0 && s.channels === 0) this.shares.delete(principal);
+  }
+
   /**
-   * Reserve a channel under both caps before any asynchronous step: checking the caps and
-   * counting the channel only once it opened let concurrent opens all pass the check (SSH-4).
-   * Returns the release for a reservation that did not become a channel.
+   * Reserve a channel under every cap — the connection's, the principal's share and the
+   * gateway's — before any asynchronous step: checking the caps and counting the channel only
+   * once it opened let concurrent opens all pass the check (SSH-4). `state` is null for a
+   * connection to a published port. Returns the release, or null when a cap is reached.
    */
-  private reserveChannel(state: ConnState): (() => void) | null {
+  private reserveChannel(principal: string, state: ConnState | null): (() => void) | null {
+    const share = this.share(principal);
     if (
-      state.open >= this.d.limits.maxChannelsPerConnection ||
+      (state && state.open >= this.d.limits.maxChannelsPerConnection) ||
+      share.channels >= this.d.limits.maxChannelsPerPrincipal ||
       this.channelCount >= this.d.limits.maxChannels
-    )
+    ) {
+      this.unshare(principal);
       return null;
-    state.open++;
+    }
+    if (state) state.open++;
+    share.channels++;
     this.channelCount++;
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      state.open--;
+      if (state) state.open--;
+      share.channels--;
       this.channelCount--;
+      this.unshare(principal);
     };
   }
 
@@ -565,7 +603,7 @@ export class Gateway {
     state.identity = identity;
     const actor = actorOf(identity);
     const decision = this.decideForward(identity, String(info.destIP), info.destPort);
-    const release = decision.ok ? this.reserveChannel(state) : null;
+    const release = decision.ok ? this.reserveChannel(shareOf(identity), state) : null;
     if (!decision.ok || !release) {
       this.event(actor, 'ssh.forward', dest, 'refused', state.source, {
         reason: decision.ok ? 'channel limit' : decision.reason,
@@ -677,6 +715,7 @@ export class Gateway {
     if (this.tunnels.has(svc.id)) this.closeTunnel(svc.id, 'replaced');
     this.tunnels.set(svc.id, {
       serviceId: svc.id,
+      owner: svc.owner,
       conn: state.conn,
       bindAddr: info.bindAddr,
       port: svc.port,
@@ -697,10 +736,14 @@ export class Gateway {
     sock.setNoDelay(true);
     sock.on('error', () => sock.destroy());
     const tunnel = this.tunnels.get(serviceId);
-    if (!tunnel || this.channelCount >= this.d.limits.maxChannels) {
+    // Its channel comes out of the service owner's share: clients of one user's services cannot
+    // take every channel of the gateway (LOC-5).
+    const release = tunnel ? this.reserveChannel(tunnel.owner, null) : null;
+    if (!tunnel || !release) {
       sock.resetAndDestroy();
       return;
     }
+    sock.once('close', release);
     tunnel.conn.forwardOut(
       tunnel.bindAddr,
       tunnel.port,

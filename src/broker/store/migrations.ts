@@ -102,5 +102,17 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE services ADD COLUMN uid INTEGER;
   ALTER TABLE services ADD COLUMN exposure TEXT
     CHECK (exposure IS NULL OR exposure IN ('unix-socket', 'private-network', 'app-credential', 'open'));
+  -- Client certificates the CA issued to principals (mTLS): a gate admits one only while its row
+  -- is here and its principal enabled; revoking the token that minted it deletes it (SES-2).
+  CREATE TABLE client_certs (
+    id TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL UNIQUE,
+    principal TEXT NOT NULL REFERENCES principals(name) ON DELETE CASCADE,
+    token_id TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX client_certs_token ON client_certs(token_id) WHERE token_id IS NOT NULL;
+  CREATE INDEX client_certs_expires ON client_certs(expires_at);
   `,
 ];

@@ -10,6 +10,7 @@ import { MIGRATIONS } from './migrations.js';
 import type {
   AuditQuery,
   AuditRow,
+  ClientCertRow,
   KeyRow,
   NewService,
   PortPolicy,
@@ -75,6 +76,15 @@ const toKey = (r: Row): KeyRow => ({
   usesLeft: (r.uses_left as number | null) ?? null,
   lastUsedAt: (r.last_used_at as number | null) ?? null,
   tokenId: (r.token_id as string | null) ?? null,
+});
+
+const toCert = (r: Row): ClientCertRow => ({
+  id: r.id as string,
+  fingerprint: r.fingerprint as string,
+  principal: r.principal as string,
+  tokenId: (r.token_id as string | null) ?? null,
+  createdAt: r.created_at as number,
+  expiresAt: r.expires_at as number,
 });
 
 const toSshKey = (r: Row): SshKeyRow => ({
@@ -170,6 +180,13 @@ export class SqliteStore implements Store {
       ),
       servicesOfToken: d.prepare('SELECT * FROM services WHERE token_id = ?'),
       keysOfToken: d.prepare('DELETE FROM client_keys WHERE token_id = ? RETURNING id'),
+      certsOfToken: d.prepare('DELETE FROM client_certs WHERE token_id = ? RETURNING id'),
+      insCert: d.prepare(
+        'INSERT INTO client_certs (id, fingerprint, principal, token_id, created_at, expires_at) VALUES (@id, @fingerprint, @principal, @tokenId, @createdAt, @expiresAt)',
+      ),
+      certByFingerprint: d.prepare('SELECT * FROM client_certs WHERE fingerprint = ?'),
+      certById: d.prepare('SELECT * FROM client_certs WHERE id = ?'),
+      delExpiredCerts: d.prepare('DELETE FROM client_certs WHERE expires_at <= ?'),
       serviceByName: d.prepare('SELECT * FROM services WHERE owner = ? AND name = ?'),
       serviceById: d.prepare('SELECT * FROM services WHERE id = ?'),
       serviceByToken: d.prepare('SELECT * FROM services WHERE token_hash = ?'),
@@ -348,12 +365,14 @@ export class SqliteStore implements Store {
         const tree = (this.stmts.tokenTree.all(id) as Row[]).map(toToken);
         const root = tree.find((t) => t.id === id);
         if (!root || root.revokedAt !== null) return null;
-        const out: Revocation = { tokens: [], services: [], keyIds: [] };
+        const out: Revocation = { tokens: [], services: [], keyIds: [], certIds: [] };
         for (const t of tree) {
           if (this.stmts.revokeToken.run(now, t.id).changes > 0)
             out.tokens.push({ ...t, revokedAt: now });
           for (const k of this.stmts.keysOfToken.all(t.id) as { id: string }[])
             out.keyIds.push(k.id);
+          for (const c of this.stmts.certsOfToken.all(t.id) as { id: string }[])
+            out.certIds.push(c.id);
           for (const r of this.stmts.servicesOfToken.all(t.id) as Row[]) {
             const svc = toService(r);
             this.removeServiceRow(svc.id, cooldownUntil);
@@ -521,11 +540,30 @@ export class SqliteStore implements Store {
   handOverToken(from: string, to: string): void {
     this.db
       .transaction(() => {
+        this.db.prepare('UPDATE client_certs SET token_id = ? WHERE token_id = ?').run(to, from);
         this.db.prepare('UPDATE tokens SET parent_id = ? WHERE parent_id = ?').run(to, from);
         this.db.prepare('UPDATE services SET token_id = ? WHERE token_id = ?').run(to, from);
         this.db.prepare('UPDATE client_keys SET token_id = ? WHERE token_id = ?').run(to, from);
       })
       .immediate();
+  }
+
+  insertClientCert(row: ClientCertRow): void {
+    this.db.transaction(() => this.stmts.insCert.run(row)).immediate();
+  }
+
+  findClientCert(fingerprint: string): ClientCertRow | null {
+    const r = this.stmts.certByFingerprint.get(fingerprint) as Row | undefined;
+    return r ? toCert(r) : null;
+  }
+
+  getClientCert(id: string): ClientCertRow | null {
+    const r = this.stmts.certById.get(id) as Row | undefined;
+    return r ? toCert(r) : null;
+  }
+
+  deleteExpiredClientCerts(now: number): number {
+    return this.db.transaction(() => this.stmts.delExpiredCerts.run(now).changes).immediate();
   }
 
   deleteKeysOfService(serviceId: string): string[] {

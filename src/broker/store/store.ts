@@ -39,6 +39,8 @@ export interface Revocation {
   services: ServiceRow[];
   /** Client keys loaded with any of them (deleted). */
   keyIds: string[];
+  /** Client certificates issued with any of them (deleted). */
+  certIds: string[];
 }
 
 export interface ServiceRow {
@@ -78,6 +80,19 @@ export interface KeyRow {
   lastUsedAt: number | null;
   /** The user token it was loaded with. */
   tokenId: string | null;
+}
+
+/** A client certificate issued to a principal (mTLS). */
+export interface ClientCertRow {
+  /** `crt_…` */
+  id: string;
+  /** `sha256:` + hex of the DER certificate. */
+  fingerprint: string;
+  principal: string;
+  /** The user token it was issued with. */
+  tokenId: string | null;
+  createdAt: number;
+  expiresAt: number;
 }
 
 export interface SshKeyRow {
@@ -206,6 +221,11 @@ export interface Store {
   deleteExpiredKeys(now: number): number;
   /** Record last use times in one transaction (batched off the verify path). */
   touchKeys(uses: Map<string, number>): void;
+
+  insertClientCert(row: ClientCertRow): void;
+  findClientCert(fingerprint: string): ClientCertRow | null;
+  getClientCert(id: string): ClientCertRow | null;
+  deleteExpiredClientCerts(now: number): number;
 
   /** Register an SSH public key; throws BrokerError ssh_key_exists if its fingerprint is known. */
   addSshKey(row: SshKeyRow): void;

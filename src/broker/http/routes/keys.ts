@@ -1,8 +1,18 @@
 /** Key routes: revoke, liveness. (Verify is served by the fast path in verify-fast-path.ts.) */
-import { LiveKeysBody, VerifyBody, parse } from '../schemas.js';
+import { LiveKeysBody, VerifyBody, VerifyCertBody, parse } from '../schemas.js';
 import type { Route } from '../route.js';
 
 export const keyRoutes: Route[] = [
+  {
+    // A server asks whether a client certificate presented to it (mTLS) still admits (SES-2).
+    method: 'POST',
+    path: '/v1/verify/cert',
+    auth: true,
+    handler: ({ identity, body }, d) => {
+      const { fingerprint } = parse(VerifyCertBody, body, 'body');
+      return { json: d.keys.verifyCert(identity, fingerprint) };
+    },
+  },
   {
     // A server asks which keys behind its open sessions and connections still hold (SES-1).
     method: 'POST',

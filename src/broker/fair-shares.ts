@@ -1,17 +1,17 @@
 /**
- * Pre-authentication slots of the SSH gateway, shared fairly between sources (SECURITY.md LOC-5,
- * SSH-3). A source is a local Unix user (a loopback connection attributed by the kernel's socket
- * table) or a remote address. The anchors are OpenSSH's `MaxStartups` (a global cap on
- * unauthenticated connections) and `PerSourceMaxStartups` (a cap per source): one user holding
- * half-open connections can fill at most its own share, and when the global cap is reached a
+ * Connection slots shared fairly between sources (SECURITY.md LOC-5, SSH-3, NET-3): the SSH
+ * gateway's pre-authentication slots and the API's connections. A source is a local Unix user (a
+ * loopback connection attributed by the kernel's socket table) or a remote address. The anchors
+ * are OpenSSH's `MaxStartups` (a global cap) and `PerSourceMaxStartups` (a cap per source): one
+ * user holding connections can fill at most its own share, and when the global cap is reached a
  * newcomer from a source holding fewer slots takes the oldest slot of the source holding the most.
  * So no single source can lock the others out.
  */
 
-export interface PreauthLimits {
-  /** Unauthenticated connections at once, all sources together. */
+export interface ShareLimits {
+  /** Connections at once, all sources together. */
   max: number;
-  /** Unauthenticated connections at once from one source. */
+  /** Connections at once from one source (unless admitted as `unlimited`). */
   perSource: number;
 }
 
@@ -21,12 +21,12 @@ interface Slot {
   released: boolean;
 }
 
-export class PreauthSlots {
+export class FairShares {
   /** Slots by source, oldest first. */
   private readonly bySource = new Map<string, Slot[]>();
   private total = 0;
 
-  constructor(private readonly limits: PreauthLimits) {}
+  constructor(private readonly limits: ShareLimits) {}
 
   /** Unauthenticated connections now. */
   get size(): number {
@@ -43,10 +43,11 @@ export class PreauthSlots {
    * to someone else (the caller drops the connection). Returns the release function (call it when
    * the connection authenticates or closes; calling it twice is harmless), or null when refused:
    * the source is at its own cap, or every source holds no more than this one would.
+   * `unlimited` sources (root, the broker's own user) have no cap of their own, only the global one.
    */
-  admit(source: string, evict: () => void): (() => void) | null {
+  admit(source: string, evict: () => void, unlimited = false): (() => void) | null {
     const mine = this.held(source);
-    if (mine >= this.limits.perSource) return null;
+    if (!unlimited && mine >= this.limits.perSource) return null;
     if (this.total >= this.limits.max) {
       let victim: Slot[] | undefined;
       for (const slots of this.bySource.values())
