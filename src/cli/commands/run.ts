@@ -19,11 +19,13 @@ Examples:
   # the app listens on a Unix socket in a private 0700 directory: no other user can connect
   broker run echo -- python3 examples/python-echo/echo_server.py --unix-socket {app_socket}
   broker run nb --mode https --app-auth jupyter -- jupyter lab --no-browser \\
-      --ServerApp.sock={app_socket} --ServerApp.allow_remote_access=True
+      --ServerApp.sock={app_socket} --ServerApp.allow_remote_access=True \\
+      --KernelManager.transport=ipc   # kernels on private sockets too, not on TCP
   broker run api --mode https -- uvicorn app:app --uds {app_socket}
   broker run code --mode https -- code-server --auth none --socket {app_socket}
   # TCP only, but the app checks a credential: broker run makes one, the front presents it
-  broker run nb --mode https --app-auth jupyter -- jupyter lab --no-browser --port {app_port}
+  broker run nb --mode https --app-auth jupyter -- jupyter lab --no-browser --port {app_port} \\
+      --KernelManager.transport=ipc
   broker run api --mode https --app-auth header:X-App-Token -- ./server --port {app_port}
   # TCP only and no authentication: its own network namespace (no other network for the app)
   broker run files --mode https --isolate -- python3 -m http.server {app_port} --bind 127.0.0.1
