@@ -236,8 +236,11 @@ export class ServiceRegistry {
     s: { owner: string; name: string; id: string },
     spki: ArrayBuffer | undefined,
   ): Promise<IssuedCertificate> {
-    const dnsNames = [serviceHostname(s)];
-    if (this.d.config.serviceDomain) dnsNames.push(serviceHostname(s, this.d.config.serviceDomain));
+    // …and the hosts under it that each browser login gets (`s<random>.NAME.OWNER.localhost`,
+    // so a session cookie never goes to a page someone else serves on the service's name).
+    const names = [serviceHostname(s)];
+    if (this.d.config.serviceDomain) names.push(serviceHostname(s, this.d.config.serviceDomain));
+    const dnsNames = names.flatMap((n) => [n, `*.${n}`]);
     return this.d.signer.issue({
       commonName: `${s.owner}/${s.name}`,
       dnsNames,

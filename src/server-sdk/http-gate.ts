@@ -7,10 +7,15 @@
  * logged URL.
  *
  * Sessions (SECURITY.md SES-1):
+ * - Each login gets a host name of its own, `s<32 hex>.NAME.OWNER.localhost` (the service's
+ *   certificate names `*.NAME.OWNER.localhost` too): the login URL's key is exchanged for a
+ *   one-time ticket and a redirect there, where the ticket becomes the session cookie. Browsers
+ *   keep cookies per host but not per port, and treat `http://*.localhost` as secure, so a cookie
+ *   of the service's own name would also go to a plain-HTTP page another local user serves on that
+ *   name at another port; nobody can lure a browser to a host name they do not know.
  * - The cookie is `__Host-broker_session` (`HttpOnly; Secure; SameSite=Strict; Path=/`, no
- *   Domain): the browser keeps it to the host that set it, and every service has a host name of
- *   its own (`NAME.OWNER.localhost`), so one service's session is never sent to another, nor to
- *   another user's page on `localhost`. A session lives only in the gate that made it.
+ *   Domain), and a session is only accepted on its own host. A session lives only in the gate
+ *   that made it.
  * - A one-time key is never cached: every presentation, as a bearer or a login URL, goes to the
  *   broker, which lets it through once. A login URL is always checked with the broker.
  * - A session, or an upgraded connection, made from a key ends when the key does: revoked,
@@ -45,6 +50,11 @@ export interface HttpGateOptions {
   /** Sessions held at most; the oldest go first (default 100,000). */
   maxSessions?: number;
   /**
+   * The service's own host name (`NAME.OWNER.localhost`): session hosts are made under it.
+   * Default: the name the client asked for in TLS (SNI), else its Host header.
+   */
+  hostname?: string;
+  /**
    * mTLS: principals whose broker-issued client certificate (CN = principal) lets them in
    * without a key. The TLS layer (tlsOptions with requireClientCert) has already checked that the
    * certificate chains to the broker CA; `verifyCert` then asks the broker whether it still holds.
@@ -71,7 +81,25 @@ export interface GateIdentity {
 }
 
 type Who = GateIdentity & { expiresAt: number; once: boolean };
-type Session = Who & { unwatch: () => void };
+type Session = Who & { unwatch: () => void; host: string };
+
+/** A session host: one DNS label of 128 random bits under the service's name. */
+const SESSION_HOST = /^s[0-9a-f]{32}\./;
+const TICKET_PARAM = 'broker_ticket';
+/** How long a login ticket may wait for its redirect, in ms. */
+const TICKET_MS = 60_000;
+
+/** The host name a request was made to (no port, lower case, no trailing dot). */
+function requestHost(req: IncomingMessage): string {
+  const sni = (req.socket as TLSSocket).servername;
+  const host = typeof sni === 'string' && sni ? sni : (req.headers.host ?? '');
+  return host.replace(/:\d+$/, '').replace(/\.$/, '').toLowerCase();
+}
+
+/** The port the client connected to, as it named it (through a tunnel it is not ours). */
+function requestPort(req: IncomingMessage): string {
+  return /:(\d+)$/.exec(req.headers.host ?? '')?.[1] ?? '';
+}
 
 const LOGIN_PARAM = 'broker_key';
 
@@ -81,6 +109,8 @@ export const SESSION_COOKIE = '__Host-broker_session';
 export class HttpGate {
   private readonly cache = new Map<string, { at: number; who: Who }>();
   private readonly sessions = new Map<string, Session>();
+  /** Login tickets: ticket → session id, until redeemed on the session's host (or 60 s). */
+  private readonly tickets = new Map<string, { sessionId: string; until: number }>();
   private readonly cacheMs: number;
   private readonly sessionTtlMs: number;
   private readonly maxSessions: number;
@@ -140,13 +170,15 @@ export class HttpGate {
 
   private session(req: IncomingMessage): Who | null {
     const cookies = req.headers.cookie ?? '';
+    const host = requestHost(req);
     for (const part of cookies.split(';')) {
       const eq = part.indexOf('=');
       if (eq < 0 || part.slice(0, eq).trim() !== this.cookieName) continue;
       const v = part.slice(eq + 1).trim();
       const s = this.sessions.get(v);
-      if (s && s.expiresAt > Date.now()) return s;
-      if (s) this.endSession(v);
+      if (s && s.expiresAt <= Date.now()) this.endSession(v);
+      // Only on its own host: a session cookie carried anywhere else is worth nothing.
+      else if (s && s.host === host) return s;
     }
     return null;
   }
@@ -156,8 +188,8 @@ export class HttpGate {
     this.sessions.delete(id);
   }
 
-  /** A new session for `who`; it ends with its key (when the gate can re-check keys). */
-  private openSession(who: Who): string {
+  /** A new session for `who` on `host`; it ends with its key (when the gate can re-check keys). */
+  private openSession(who: Who, host: string): string {
     const id = randomBytes(32).toString('base64url');
     if (this.sessions.size >= this.maxSessions) this.endSession(this.sessions.keys().next().value!);
     const unwatch =
@@ -168,6 +200,7 @@ export class HttpGate {
       ...who,
       expiresAt: Math.min(who.expiresAt, Date.now() + this.sessionTtlMs),
       unwatch,
+      host,
     });
     return id;
   }
@@ -214,25 +247,42 @@ export class HttpGate {
 
   /** For plain node:http: resolves true when the request may go on; otherwise it was answered. */
   async handle(req: GatedRequest, res: ServerResponse): Promise<boolean> {
-    // Only a query that can name the parameter (literally, or with any of its letters
+    // Only a query that can name a parameter (literally, or with any of its letters
     // percent-encoded) is parsed: most requests carry a bearer or a cookie, and URL parsing is a
     // visible part of the per-request cost.
     const q = req.url?.indexOf('?') ?? -1;
     const url =
-      q >= 0 && (req.url!.includes(LOGIN_PARAM, q) || req.url!.includes('%', q))
+      q >= 0 &&
+      (req.url!.includes(LOGIN_PARAM, q) ||
+        req.url!.includes(TICKET_PARAM, q) ||
+        req.url!.includes('%', q))
         ? new URL(req.url!, 'https://gate.invalid')
         : undefined;
     const loginKey = url?.searchParams.get(LOGIN_PARAM) ?? null;
-    if (url && loginKey !== null) {
+    const ticket = url?.searchParams.get(TICKET_PARAM) ?? null;
+    if (url && (loginKey !== null || ticket !== null)) {
       url.searchParams.delete(LOGIN_PARAM);
+      url.searchParams.delete(TICKET_PARAM);
       const clean = url.pathname + (url.search === '?' ? '' : url.search);
-      req.url = clean; // never let the key reach a logged URL
-      const who = await this.check(loginKey, true);
+      req.url = clean; // never let a key or ticket reach a logged URL
+      if (ticket !== null) return this.redeem(req, res, ticket, clean);
+      const who = await this.check(loginKey!, true);
       if (!who) return this.deny(req, res, 'the login link is invalid, expired or already used');
+      // A host of its own for this login, reached with a one-time ticket (see the file header).
+      const base = (this.opts.hostname ?? requestHost(req)).replace(SESSION_HOST, '');
+      const host = `s${randomBytes(16).toString('hex')}.${base}`;
+      const t = randomBytes(32).toString('base64url');
+      if (this.tickets.size > 10_000) this.tickets.clear();
+      this.tickets.set(t, {
+        sessionId: this.openSession(who, host),
+        until: Date.now() + TICKET_MS,
+      });
+      const port = requestPort(req);
+      const sep = clean.includes('?') ? '&' : '?';
       res.writeHead(303, {
-        Location: clean,
-        'Set-Cookie': `${this.cookieName}=${this.openSession(who)}; HttpOnly; Secure; SameSite=Strict; Path=/`,
+        Location: `https://${host}${port ? `:${port}` : ''}${clean}${sep}${TICKET_PARAM}=${t}`,
         'Cache-Control': 'no-store',
+        'Referrer-Policy': 'no-referrer',
       });
       res.end();
       return false;
@@ -246,6 +296,23 @@ export class HttpGate {
       );
     req.brokerPrincipal = principal;
     return true;
+  }
+
+  /** The second step of a login: on the session's own host, the ticket becomes its cookie. */
+  private redeem(req: IncomingMessage, res: ServerResponse, ticket: string, clean: string): false {
+    const t = this.tickets.get(ticket);
+    this.tickets.delete(ticket);
+    const s = t && t.until > Date.now() ? this.sessions.get(t.sessionId) : undefined;
+    if (!s || s.host !== requestHost(req))
+      return this.deny(req, res, 'the login link is invalid, expired or already used');
+    res.writeHead(303, {
+      Location: clean,
+      'Set-Cookie': `${this.cookieName}=${t!.sessionId}; HttpOnly; Secure; SameSite=Strict; Path=/`,
+      'Cache-Control': 'no-store',
+      'Referrer-Policy': 'no-referrer',
+    });
+    res.end();
+    return false;
   }
 
   /** 401: JSON for programs, a page for browsers. */
@@ -281,8 +348,9 @@ export class HttpGate {
     // cookie) and must not reach the app or its logs.
     if (req.url?.includes('?')) {
       const url = new URL(req.url, 'https://gate.invalid');
-      if (url.searchParams.has(LOGIN_PARAM)) {
+      if (url.searchParams.has(LOGIN_PARAM) || url.searchParams.has(TICKET_PARAM)) {
         url.searchParams.delete(LOGIN_PARAM);
+        url.searchParams.delete(TICKET_PARAM);
         req.url = url.pathname + (url.search === '?' ? '' : url.search);
       }
     }

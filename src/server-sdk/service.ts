@@ -145,6 +145,7 @@ export class BrokerService extends EventEmitter {
     return new HttpGate({
       clientCertAllow: this.clientCertAllow(),
       keyWatch: this.keyWatch,
+      hostname: this.service.hostname,
       ...opts,
       verify: (k) => this.verify(k),
       verifyCert: (f) => this.verifyCert(f),

@@ -147,10 +147,15 @@ describe('broker run --mode https: the front', () => {
   it("fail/SES-4: the gate's session cookie (and any broker gate cookie) is not passed on; the app's own cookies are", async () => {
     const once = (await d.api('POST', `/v1/services/${owner}/hdrs/keys`, { body: { once: true } }))
       .body.key as string;
+    // A browser login: the key, then a ticket on the session's own host, then the cookie there.
     const login = await get(hdr, `/h?broker_key=${once}`, {});
     expect(login.status).toBe(303);
-    const session = String((login.headers['set-cookie'] as string[])[0]).split(';')[0]!;
-    const r = await get(hdr, '/h', {
+    const ticketUrl = new URL(String(login.headers.location));
+    const at = { host: ticketUrl.hostname, port: hdr.port };
+    const redeemed = await get(at, `${ticketUrl.pathname}${ticketUrl.search}`, {});
+    expect(redeemed.status).toBe(303);
+    const session = String((redeemed.headers['set-cookie'] as string[])[0]).split(';')[0]!;
+    const r = await get(at, '/h', {
       Cookie: `app=1; ${session}; __Host-broker-other=zz; theme=dark`,
     });
     expect(r.status).toBe(200);

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { localhostLookup } from '../../src/client/broker-client.js';
 import { BIN, Daemon, ROOT, issuedSecrets } from '../helpers/daemon.js';
+import { loginWith } from '../helpers/login.js';
 import { until } from '../helpers/wait.js';
 
 /**
@@ -266,10 +267,10 @@ describe('broker run --mode https', () => {
     await until(() => out.trim().endsWith('}'), 15_000, 'broker open');
     const url = JSON.parse(out).url as string;
     expect(url).toMatch(/^https:\/\/files\.[a-z0-9-]+\.localhost:\d+\/\?broker_key=bkk_/);
-    const headers = await curl(['-D', '-', '-o', '/dev/null', url]);
-    expect(headers).toMatch(/^HTTP\/1\.1 303/);
-    expect(headers).toMatch(
-      /Set-Cookie: __Host-broker_session=[^;]+; HttpOnly; Secure; SameSite=Strict; Path=\//,
+    const login = await loginWith(url, caFile);
+    expect(login.attributes).toBe('HttpOnly; Secure; SameSite=Strict; Path=/');
+    expect(await curl(['-H', `Cookie: ${login.cookie}`, `${login.origin}/hello.txt`])).toBe(
+      'file content\n',
     );
     open.kill('SIGTERM');
     p.kill('SIGTERM');

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BrokerClient, localhostLookup } from '../../src/client/broker-client.js';
 import { registerService, type BrokerService } from '../../src/server-sdk/service.js';
 import { Daemon } from '../helpers/daemon.js';
+import { loginWith } from '../helpers/login.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'broker-https-'));
 
@@ -138,49 +139,53 @@ describe('HTTPS service behind the SDK gate', () => {
     expect((await run('curl', ['-sS', `${base}/x`])).code).not.toBe(0);
   });
 
-  it('ok/one-time login URL → 303 without the key + HttpOnly/Secure/SameSite=Strict cookie; the cookie works; the URL works once', async () => {
+  it('ok/one-time login URL → a ticket on a host of its own → HttpOnly/Secure/SameSite=Strict cookie there; the cookie works there only; the URL and the ticket work once', async () => {
     const key = await mintKey(true);
     // The response headers only, of a GET with `extra` curl arguments.
     const headersOf = (url: string, extra: string[] = []) =>
       run('curl', ['-sS', '-D', '-', '-o', '/dev/null', '--cacert', caFile, ...extra, url]);
-    const hdrs = await headersOf(`${base}/lab/tree?x=1&broker_key=${key}`);
-    expect(hdrs.out).toMatch(/^HTTP\/1\.1 303/);
-    expect(hdrs.out).toMatch(/^Location: \/lab\/tree\?x=1\r?$/m);
-    const cookie = /^Set-Cookie: (__Host-broker_session=[^;]+);(.*)$/m.exec(hdrs.out);
-    expect(cookie).not.toBeNull();
-    expect(cookie![2]).toMatch(/HttpOnly/);
-    expect(cookie![2]).toMatch(/Secure/);
-    expect(cookie![2]).toMatch(/SameSite=Strict/);
-    const withCookie = await run('curl', [
-      '-sS',
-      '--cacert',
-      caFile,
-      '-H',
-      `Cookie: ${cookie![1]}`,
-      `${base}/lab/tree?x=1`,
-    ]);
-    expect(withCookie.out).toMatch(/^hello \w+ at \/lab\/tree\?x=1$/);
-    const again = await run('curl', [
-      '-sS',
-      '-o',
-      '/dev/null',
-      '-w',
-      '%{http_code}',
-      '--cacert',
-      caFile,
-      `${base}/?broker_key=${key}`,
-    ]);
-    expect(again.out).toBe('401');
+    const login = await loginWith(`${base}/lab/tree?x=1&broker_key=${key}`, caFile);
+    // SES-1: the session lives on s<128 random bits>.<the service's name>, reached by a ticket.
+    const host = svc.service.hostname.replaceAll('.', '\\.');
+    expect(login.ticketUrl).toMatch(
+      new RegExp(
+        `^https://s[0-9a-f]{32}\\.${host}:${svc.port}/lab/tree\\?x=1&broker_ticket=[\\w-]{43}$`,
+      ),
+    );
+    expect(login.ticketUrl).not.toContain('broker_key');
+    expect(login.page).toBe('/lab/tree?x=1');
+    expect(login.attributes).toMatch(/HttpOnly/);
+    expect(login.attributes).toMatch(/Secure/);
+    expect(login.attributes).toMatch(/SameSite=Strict/);
+    expect(login.attributes).toMatch(/Path=\//);
+    const at = (origin: string) =>
+      run('curl', [
+        '-sS',
+        '--cacert',
+        caFile,
+        '-H',
+        `Cookie: ${login.cookie}`,
+        `${origin}/lab/tree?x=1`,
+      ]);
+    expect((await at(login.origin)).out).toMatch(/^hello \w+ at \/lab\/tree\?x=1$/);
+    // The same cookie on the service's own name (or any other host) is worth nothing.
+    expect((await at(base)).out).toMatch(/unauthenticated/);
+    // The key and the ticket were one use each.
+    const status = async (url: string) =>
+      (await run('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', '--cacert', caFile, url]))
+        .out;
+    expect(await status(`${base}/?broker_key=${key}`)).toBe('401');
+    expect(await status(login.ticketUrl)).toBe('401');
     // A percent-encoded parameter name is the same parameter: exchanged and stripped, not passed
     // on to the app (with the cookie, the request would otherwise reach it, key and all).
-    const encoded = await headersOf(`${base}/lab?broker%5F%6Bey=${await mintKey(true)}`, [
+    const encoded = await headersOf(`${login.origin}/lab?broker%5F%6Bey=${await mintKey(true)}`, [
       '-H',
-      `Cookie: ${cookie![1]}`,
+      `Cookie: ${login.cookie}`,
     ]);
     expect(encoded.out).toMatch(/^HTTP\/1\.1 303/);
-    expect(encoded.out).toMatch(/^Location: \/lab\r?$/m);
-    // The app never saw a URL with a key in it.
-    expect(seenUrls.some((u) => decodeURIComponent(u).includes('broker_key'))).toBe(false);
+    expect(encoded.out).toMatch(/^Location: https:\/\/s[0-9a-f]{32}\.[^/]+\/lab\?broker_ticket=/m);
+    // The app never saw a URL with a key or a ticket in it.
+    expect(seenUrls.some((u) => /broker_(key|ticket)/.test(decodeURIComponent(u)))).toBe(false);
   });
 
   it('fail/a WebSocket upgrade without a key is refused; ok/ with one it goes through', async () => {

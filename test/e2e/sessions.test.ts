@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BrokerClient, localhostLookup } from '../../src/client/broker-client.js';
 import { registerService, type BrokerService } from '../../src/server-sdk/service.js';
 import { BIN, Daemon, ROOT } from '../helpers/daemon.js';
+import { loginWith } from '../helpers/login.js';
 import { announceSkip, killAs, nodeAs, spawnNodeAs, unixUser, lineFrom } from '../helpers/users.js';
 import { until } from '../helpers/wait.js';
 
@@ -159,8 +160,12 @@ describe('SES-1: a one-time key is used exactly once, on every gate', () => {
   it('fail/SES-1 login URL: the same one-time URL twice → one session, then 401; nor as a bearer afterwards', async () => {
     const k = await mint(`${owner}/once-web`, { once: true });
     const url = `${https.base}/lab?broker_key=${k.key}`;
-    expect((await curl(['-o', '/dev/null', '-w', '%{http_code}', url])).out).toBe('303');
+    const login = await loginWith(url, caFile);
+    expect(await status(`${login.origin}/lab`, { Cookie: login.cookie })).toBe(200);
     expect((await curl(['-o', '/dev/null', '-w', '%{http_code}', url])).out).toBe('401');
+    expect((await curl(['-o', '/dev/null', '-w', '%{http_code}', login.ticketUrl])).out).toBe(
+      '401',
+    );
     expect(await status(`${https.base}/a`, { Authorization: `Bearer ${k.key}` })).toBe(401);
   });
 
@@ -227,9 +232,9 @@ describe('SES-1: sessions and connections end with the key that opened them', ()
     const bob = await d.addUser('bob-live', 'admin'); // an admin may load any service's key
     // A session (login URL), an upgraded connection and a TCP connection from key K1 …
     const k1 = await mint(`${owner}/live-web`);
-    const login = await curl(['-D', '-', '-o', '/dev/null', `${web.base}/?broker_key=${k1.key}`]);
-    const cookie = /^Set-Cookie: (__Host-broker_session=[^;]+);/m.exec(login.out)![1]!;
-    expect(await status(`${web.base}/x`, { Cookie: cookie })).toBe(200);
+    const login = await loginWith(`${web.base}/?broker_key=${k1.key}`, caFile);
+    const cookie = login.cookie;
+    expect(await status(`${login.origin}/x`, { Cookie: cookie })).toBe(200);
     const ws = await new Promise<import('node:net').Socket>((resolve, reject) =>
       request(`${web.base}/ws`, {
         ca: d.ca,
@@ -246,17 +251,17 @@ describe('SES-1: sessions and connections end with the key that opened them', ()
     expect(conn1.line).toBe('OK');
     // … and from bob's key K2 (bob will be disabled).
     const k2 = await mint(`${owner}/live-web`, {}, bob);
-    const login2 = await curl(['-D', '-', '-o', '/dev/null', `${web.base}/?broker_key=${k2.key}`]);
-    const cookie2 = /^Set-Cookie: (__Host-broker_session=[^;]+);/m.exec(login2.out)![1]!;
-    expect(await status(`${web.base}/x`, { Cookie: cookie2 })).toBe(200);
+    const login2 = await loginWith(`${web.base}/?broker_key=${k2.key}`, caFile);
+    const cookie2 = login2.cookie;
+    expect(await status(`${login2.origin}/x`, { Cookie: cookie2 })).toBe(200);
     const t0 = Date.now();
     await d.api('DELETE', `/v1/keys/${k1.keyId}`);
     await d.api('DELETE', `/v1/keys/${tk1.keyId}`);
     await d.api('PATCH', '/v1/principals/bob-live', { body: { disabled: true } });
     await Promise.all([closed(ws), closed(conn1.socket)]);
     expect(Date.now() - t0).toBeLessThan(6500);
-    expect(await status(`${web.base}/x`, { Cookie: cookie })).toBe(401);
-    expect(await status(`${web.base}/x`, { Cookie: cookie2 })).toBe(401);
+    expect(await status(`${login.origin}/x`, { Cookie: cookie })).toBe(401);
+    expect(await status(`${login2.origin}/x`, { Cookie: cookie2 })).toBe(401);
   }, 20_000);
 });
 
@@ -289,9 +294,27 @@ describe.skipIf(announceSkip('SES-1 cookie isolation and LOC-5 --inject-key (ano
       const mport = Number((await lineFrom(page, (l) => l.startsWith('PORT '))).slice(5));
       const jar = join(tmp, 'jar.txt');
       const k = await mint(`${owner}/jar-a`);
-      await curl(['-c', jar, '-b', jar, '-o', '/dev/null', `${a.base}/?broker_key=${k.key}`]);
+      // curl follows the login as a browser does: to a host of the session's own, then the page.
+      const landed = await curl([
+        '-L',
+        '-c',
+        jar,
+        '-b',
+        jar,
+        '-w',
+        '%{url_effective}',
+        '-o',
+        '/dev/null',
+        `${a.base}/in?broker_key=${k.key}`,
+      ]);
+      const origin = new URL(landed.out).origin;
+      expect(origin).toMatch(/^https:\/\/s[0-9a-f]{32}\.jar-a\./);
       expect(readFileSync(jar, 'utf8')).toContain('__Host-broker_session');
-      expect((await curl(['-c', jar, '-b', jar, `${a.base}/in`])).out).toBe(`hello ${owner}`);
+      expect((await curl(['-c', jar, '-b', jar, `${origin}/in`])).out).toBe(`hello ${owner}`);
+      // Not on the service's own name: the cookie is for the session's host alone.
+      expect(
+        (await curl(['-b', jar, '-o', '/dev/null', '-w', '%{http_code}', `${a.base}/`])).out,
+      ).toBe('401');
       // B, in the same jar: no cookie sent, so 401; B's app never saw a cookie.
       expect(
         (await curl(['-b', jar, '-o', '/dev/null', '-w', '%{http_code}', `${b.base}/`])).out,

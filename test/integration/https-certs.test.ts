@@ -91,7 +91,8 @@ describe('https service certificates', () => {
     expect(text).toMatch(/TLS Web Server Authentication/);
     // SES-3: the service's own name and nothing else — no localhost, no address.
     const san = /X509v3 Subject Alternative Name:.*\n\s*(.+)/.exec(text)![1]!.trim();
-    expect(san).toBe(`DNS:web.${owner}.localhost`);
+    // …and the hosts of its browser logins under it (s<random>.web.OWNER.localhost).
+    expect(san).toBe(`DNS:web.${owner}.localhost, DNS:*.web.${owner}.localhost`);
     expect(text).toMatch(new RegExp(`Subject: CN ?= ?${owner}/web`));
     const serial = /Serial Number:\s*\n?\s*([0-9a-f:]+)/i.exec(text)![1]!.replace(/:/g, '');
     expect(serial.length * 4).toBeGreaterThanOrEqual(64);
