@@ -253,7 +253,19 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
     for (const sig of signals) process.on(sig, onSignal);
 
     let front: Server | TlsServer | null = null;
+    let relay: Server | null = null;
     try {
+      if (noGate && tunnel === 'ssh' && guard) {
+        // The app checks keys itself, so the tunnel's connections go to it as they are — through
+        // a relay on the private socket (unused on a port) that hands each to the app only once
+        // the kernel says the app's UID answered it, as the fronts do.
+        const { carryToApp } = await import('../run/tcp-front.js');
+        relay = createServer((s) => carryToApp(s, portTarget, guard));
+        await new Promise<void>((resolve, reject) => {
+          relay!.once('error', reject);
+          relay!.listen(work.socket, () => resolve());
+        });
+      }
       if (!noGate) {
         front = https
           ? (await import('../run/https-front.js')).httpsFront(svc, target, {
@@ -313,6 +325,7 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
       if (up && !finished) {
         if (tunnel === 'none') await svc.ready();
         else if (front) svc.retarget({ port: (front.address() as { port: number }).port });
+        else if (relay) svc.retarget({ path: work.socket });
         else svc.retarget('path' in target ? target : { host: portTarget.host, port: appPort });
         say(
           `${svc.ref} is up on port ${svc.port}${noGate ? ' (no gate)' : ', gated'}; the app is on ${where} (exposure ${plan.exposure})`,
@@ -352,6 +365,7 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
       for (const sig of signals) process.off(sig, onSignal);
       if (killTimer) clearTimeout(killTimer);
       front?.close();
+      relay?.close();
       await svc.close().catch(() => {});
       app.release();
     }
