@@ -24,6 +24,7 @@ import {
   killAs,
   lineFrom,
   nodeAs,
+  runAs,
   spawnAs,
   spawnNodeAs,
   unixUser,
@@ -159,6 +160,8 @@ describe.skipIf(skip)(
         { env },
       );
       procs.push(tunnel);
+      let tunnelSaid = '';
+      tunnel.stderr!.on('data', (c: Buffer) => (tunnelSaid += c.toString()));
       const key = (await lineFrom(tunnel, (l) => l.startsWith('bkk_'))).trim();
       const use = async (line: string) =>
         JSON.parse((await nodeAs(alice, client(localPort, key, line))).stdout.trim()) as {
@@ -182,7 +185,15 @@ describe.skipIf(skip)(
       );
       await d.launch();
       await until(ready, 30_000, 'alice/echo ready again after the restart');
-      await new Promise((r) => setTimeout(r, 2000)); // the tunnel has had time to come back
+      // The tunnel said it lost the gateway (never silent) and that it is back.
+      expect(tunnelSaid).toMatch(
+        /the gateway connection ended; still holding 127\.0\.0\.1:\d+ and \[::1\]:\d+/,
+      );
+      await until(
+        () => tunnelSaid.includes('reconnected to bt-alice/echo'),
+        30_000,
+        'the tunnel back',
+      );
 
       // alice goes on using her tunnel as before.
       const after = await use('my secret work');
@@ -193,6 +204,8 @@ describe.skipIf(skip)(
       console.log(
         `[attack] alice's client after the restart got ${JSON.stringify(after)}; mallory: ${JSON.stringify(said)}`,
       );
+      // Same port, same key: alice's client works as before.
+      expect(after).toEqual({ got: 'OK\necho:my secret work\n' });
       expect({
         mallorysPortNow: said.some((l) => 'squatting' in l),
         malloryGotTheKey: said.some((l) => 'key' in l),
@@ -205,3 +218,116 @@ describe.skipIf(skip)(
     }, 120_000);
   },
 );
+
+/** mallory listens on `host:port`; resolves with her process once she does (or her error). */
+async function malloryListens(mal: UnixUser, host: string, port: number) {
+  const m = spawnNodeAs(
+    mal,
+    `import net from 'node:net';
+     const srv = net.createServer((s) => { s.on('data', (c) => console.log('bytes ' + c.length)); });
+     srv.on('error', (e) => { console.log('error ' + e.code); process.exit(0); });
+     srv.listen(${port}, ${JSON.stringify(host)}, () => console.log('listening'));`,
+  );
+  const first = await lineFrom(m, (l) => l === 'listening' || l.startsWith('error '));
+  return { m, first };
+}
+
+describe.skipIf(skip)("LOC-4: the client tunnel's local port on both loopback addresses", () => {
+  let d: Daemon;
+  let alice: UnixUser;
+  let mal: UnixUser;
+  let home: string;
+  let env: Record<string, string>;
+  const procs: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    alice = unixUser('bt-alice');
+    mal = unixUser('bt-mallory');
+    d = await Daemon.start({ portRange: portRange() });
+    home = userTmp(alice, 'tunnel-both-alice-');
+    const token = await d.addUser('bt-alice');
+    writeFileSync(join(home, 'ca.pem'), d.ca, { mode: 0o644 });
+    writeFileSync(join(home, 'echo.mjs'), ECHO, { mode: 0o644 });
+    env = { BROKER_URL: d.url, BROKER_TOKEN: token, BROKER_CA: join(home, 'ca.pem') };
+    const server = spawnAs(
+      alice,
+      process.execPath,
+      [BIN, 'run', 'echo', '--', process.execPath, join(home, 'echo.mjs'), '{app_socket}'],
+      { env },
+    );
+    procs.push(server);
+    await until(
+      async () =>
+        (await d.api('GET', '/v1/services/bt-alice/echo')).body.service?.status === 'ready',
+      20_000,
+      'alice/echo ready',
+    );
+  });
+  afterAll(async () => {
+    for (const p of procs) killAs(p);
+    await new Promise((r) => setTimeout(r, 500));
+    await d.stop().catch(() => undefined);
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  it('fail/LOC-4 a port mallory holds on [::1] (or 127.0.0.1) is not half-taken: one line naming her, exit 1', async () => {
+    for (const host of ['::1', '127.0.0.1']) {
+      const port = await freePort();
+      const { m, first } = await malloryListens(mal, host, port);
+      procs.push(m);
+      expect(first).toBe('listening');
+      const r = await runAs(
+        alice,
+        process.execPath,
+        [BIN, 'tunnel', 'echo', '--local-port', String(port)],
+        {
+          env,
+          timeoutMs: 20_000,
+        },
+      );
+      const where = host === '::1' ? `\\[::1\\]:${port}` : `127\\.0\\.0\\.1:${port}`;
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `port_unavailable: cannot listen on ${where}: it is held by UID ${mal.uid} \\(bt-mallory\\)`,
+        ),
+      );
+      expect(r.stdout).not.toMatch(/bkk_/); // no key printed for a tunnel that is not there
+      killAs(m);
+    }
+  });
+
+  it('fail/LOC-4 while the tunnel runs mallory can bind neither 127.0.0.1:L nor [::1]:L; a client on [::1] reaches the service', async () => {
+    const port = await freePort();
+    const tunnel = spawnAs(
+      alice,
+      process.execPath,
+      [BIN, 'tunnel', 'echo', '--local-port', String(port)],
+      {
+        env,
+      },
+    );
+    procs.push(tunnel);
+    let printed = '';
+    tunnel.stdout!.on('data', (c: Buffer) => (printed += c.toString()));
+    const key = (await lineFrom(tunnel, (l) => l.startsWith('bkk_'))).trim();
+    expect(printed).toContain(`forwarding 127.0.0.1:${port} and [::1]:${port} → bt-alice/echo`);
+    for (const host of ['127.0.0.1', '::1']) {
+      const { m, first } = await malloryListens(mal, host, port);
+      procs.push(m);
+      expect(first).toBe('error EADDRINUSE');
+    }
+    const viaV6 = await nodeAs(
+      alice,
+      `import net from 'node:net';
+       const s = net.connect(${port}, '::1');
+       let got = '';
+       s.on('connect', () => s.write(${JSON.stringify(key)} + '\\nsix\\n'));
+       s.on('data', (c) => { got += c; if (got.includes('echo:')) s.end(); });
+       s.on('close', () => console.log(JSON.stringify(got)));`,
+    );
+    expect(JSON.parse(viaV6.stdout.trim())).toBe('OK\necho:six\n');
+    killAs(tunnel, 'SIGTERM');
+  });
+});
