@@ -43,7 +43,9 @@ Where the app listens:
                 "app-credential"), or it prints a WARNING and registers exposure "open".
   --app-listen socket|port says which, for commands that read the environment instead of
   {app_socket}/{app_port}. On a port, broker run goes up only when the listener belongs to your
-  UID: a port held by another user stops the app (exit 1) and names the UID.
+  UID, and every new connection to the app is checked the same way before a byte is sent: a port
+  held by another user (at start, or taken while the app restarted) gets nothing, stops the app
+  (exit 1) and names the UID.
 
 --app-auth KIND gives the app a fresh 256-bit credential in its environment and in a 0600 file
 (never in its arguments); the HTTPS front presents it on every request:
