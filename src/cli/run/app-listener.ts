@@ -8,12 +8,14 @@
  * lists the socket the app accepted for it, with its owner's UID, and a connection answered by
  * anyone else is refused and stops the app (UpstreamGuard.connect).
  *
- * A read of the table walks the kernel's whole connection hash (milliseconds), so lookups are
- * batched (one read per burst of new connections) and kept-alive upstream connections are not
- * checked again: a connected socket cannot change its peer.
+ * Each lookup is one netlink query by address and port (src/host/sock-diag.ts, ≈ 0.1 ms), or
+ * where that cannot run a read of /proc/net/tcp, which walks the kernel's whole connection hash
+ * (milliseconds) and is batched (one read per burst of new connections). Kept-alive upstream
+ * connections are not checked again: a connected socket cannot change its peer.
  */
 import { connect as netConnect, type Socket } from 'node:net';
-import { listenersOn, ServerUidLookup, type TcpSocketEntry } from '../../host/socket-owner.js';
+import { ServerOwners } from '../../host/sock-diag.js';
+import { listenersOn, type TcpSocketEntry } from '../../host/socket-owner.js';
 
 /** Where the app listens. `host` is picked from the listener the check found (IPv4 or IPv6). */
 export type AppTarget = { path: string } | { host: string; port: number };
@@ -62,6 +64,12 @@ export class UpstreamRefused extends Error {
 /** The owners of the server end of a connection this process made; null when unknown. */
 export type ServerUids = (socket: Socket) => Promise<number[] | null>;
 
+/** By netlink where it can run, else by /proc (src/host/sock-diag.ts); started at once. */
+function kernelOwners(): ServerUids {
+  const owners = new ServerOwners();
+  return (s) => owners.lookup(s);
+}
+
 /**
  * Keeps a port target honest after "up". `connect()` attributes every new upstream connection to
  * a UID before anything is written to it: ours → handed over; another user's → refused, and
@@ -82,10 +90,7 @@ export class UpstreamGuard {
   constructor(
     readonly target: { host: string; port: number },
     private readonly onForeign: (owners: { uid: number; address: string }[]) => void,
-    private readonly owners: ServerUids = (
-      (l) => (s: Socket) =>
-        l.lookup(s)
-    )(new ServerUidLookup()),
+    private readonly owners: ServerUids = kernelOwners(),
   ) {}
 
   /** An upstream connection to the app failed. */
