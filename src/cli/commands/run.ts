@@ -201,8 +201,11 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
     const outcome = new Promise<Outcome>((resolve) => (finish = resolve));
     let finished = false;
     void outcome.then(() => (finished = true));
+    // Every connection broker run makes to the app's port is attributed before a byte goes
+    // through it (app-listener.ts). With --no-gate --tunnel none it makes none: clients reach
+    // the app on its public port directly.
     const guard =
-      'path' in target
+      'path' in target || appPublic
         ? null
         : new listener.UpstreamGuard(portTarget, (owners) => finish({ kind: 'foreign', owners }));
 
