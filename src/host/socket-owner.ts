@@ -10,6 +10,7 @@
  * The files are read asynchronously and whole; their size grows with the host's socket count
  * (≈ 150 bytes a socket), so callers use this where a connection is set up, never per byte.
  */
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { endianness } from 'node:os';
@@ -216,6 +217,132 @@ export class PeerUidLookup {
     }
     this.reading = false;
   }
+}
+
+/**
+ * One family's table: `/proc/net/tcp` (4) or `/proc/net/tcp6` (6). Each read walks the kernel's
+ * whole established hash, whatever the number of sockets (≈ 4 ms for 262,144 buckets on a 24 GB
+ * host), so reading only the family that can hold the socket halves the cost.
+ */
+export async function tcpSocketTable(family: 4 | 6): Promise<TcpSocketEntry[]> {
+  return parseTable(await readFile(family === 4 ? '/proc/net/tcp' : '/proc/net/tcp6', 'latin1'));
+}
+
+const TCP_TIME_WAIT = '06';
+const WILDCARDS = new Set(['0.0.0.0', '::']);
+
+/**
+ * Who owns the server end of a TCP connection this process made: the socket the listener on
+ * `theirs` created for it, which the kernel lists with local = `theirs`, remote = `ours`. Its UID
+ * is the listener's (on kernels where `sock_i_uid` reads `sk_uid`) or the accepting process's.
+ * A socket not accepted yet (inode 0: a queued child, or SYN_RECV) is shown with UID 0 by older
+ * kernels (RHEL 8/9), so for it the owners are those of the listeners that can have made it (the
+ * same port, on `theirs`'s address or a wildcard). Null when the table has no such socket (not
+ * there yet, or gone); otherwise every UID that may own it (normally one).
+ */
+export function serverUids(
+  table: TcpSocketEntry[],
+  ours: { address: string; port: number },
+  theirs: { address: string; port: number },
+): number[] | null {
+  const oa = canonicalAddress(ours.address);
+  const ta = canonicalAddress(theirs.address);
+  const peer = table.find(
+    (s) =>
+      s.local.port === theirs.port &&
+      s.remote.port === ours.port &&
+      s.local.address === ta &&
+      s.remote.address === oa &&
+      s.state !== TCP_TIME_WAIT, // a closed connection's remains: UID 0, no owner
+  );
+  if (!peer) return null;
+  if (peer.inode !== 0) return [peer.uid];
+  const listeners = table.filter(
+    (s) =>
+      s.state === 'LISTEN' &&
+      s.local.port === theirs.port &&
+      (s.local.address === ta || WILDCARDS.has(s.local.address)),
+  );
+  if (!listeners.length) return null; // its listener is gone: it is being reset
+  return [...new Set(listeners.map((s) => s.uid))];
+}
+
+/**
+ * `serverUids` for connections this process made, coalesced like {@link PeerUidLookup}: every
+ * lookup waits for the next read and one read answers all that were waiting. An IPv4 connection
+ * is looked up in `/proc/net/tcp` and, only when not there (an IPv6 listener that takes IPv4
+ * too), in `/proc/net/tcp6`. A socket not found is looked for once more in the next read (the
+ * server side of a loopback handshake can trail the client's by a moment), then answered null.
+ */
+export class ServerUidLookup {
+  private waiting: {
+    socket: ConnectedSocket;
+    tries: number;
+    done: (u: number[] | null) => void;
+  }[] = [];
+  private reading = false;
+
+  /** The UIDs that may own the other end of `socket`, a connection this process made. */
+  lookup(socket: ConnectedSocket): Promise<number[] | null> {
+    return new Promise((done) => {
+      this.waiting.push({ socket, tries: 0, done });
+      if (!this.reading) void this.read();
+    });
+  }
+
+  private async read(): Promise<void> {
+    this.reading = true;
+    while (this.waiting.length) {
+      const batch = this.waiting;
+      this.waiting = [];
+      const tables = new Map<4 | 6, Promise<TcpSocketEntry[]>>();
+      const table = (f: 4 | 6) => {
+        let t = tables.get(f);
+        if (!t) tables.set(f, (t = tcpSocketTable(f).catch(() => [])));
+        return t;
+      };
+      // Start every read this batch needs at once.
+      for (const { socket } of batch) void table(isIP(socket.remoteAddress ?? '') === 6 ? 6 : 4);
+      const retry: typeof batch = [];
+      for (const w of batch) {
+        const { localAddress, localPort, remoteAddress, remotePort } = w.socket;
+        let found: number[] | null = null;
+        if (localAddress && remoteAddress && localPort && remotePort) {
+          const ours = { address: localAddress, port: localPort };
+          const theirs = { address: remoteAddress, port: remotePort };
+          const v6 = isIP(remoteAddress) === 6;
+          found = serverUids(await table(v6 ? 6 : 4), ours, theirs);
+          if (!found && !v6) found = serverUids(await table(6), ours, theirs);
+        }
+        if (found || w.tries > 0) w.done(found);
+        else retry.push({ ...w, tries: w.tries + 1 });
+      }
+      this.waiting.push(...retry);
+    }
+    this.reading = false;
+  }
+}
+
+/** The addresses of a connected net.Socket. */
+type ConnectedSocket = Parameters<typeof socketPeerUid>[0];
+
+/** A user name for a UID from /etc/passwd, or null (no NSS lookups: no shell-out). */
+export function userName(uid: number): string | null {
+  try {
+    for (const line of readFileSync('/etc/passwd', 'utf8').split('\n')) {
+      const f = line.split(':');
+      if (f[2] === String(uid)) return f[0] ?? null;
+    }
+  } catch {
+    /* no passwd file */
+  }
+  return null;
+}
+
+/** `UID 1001 (mallory)`, for messages that name who holds a port. */
+export function describeUid(uid: number): string {
+  const name = userName(uid);
+  return name ? `UID ${uid} (${name})` : `UID ${uid}`;
 }
 
 /**

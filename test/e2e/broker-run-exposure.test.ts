@@ -4,7 +4,9 @@
  * mallory gets in — and broker run says so loudly, registers exposure `open`, the broker audits
  * it. `--app-auth`: the app refuses mallory without the credential, which is on no command line.
  * `--isolate`: the port is not even there from the host. A port mallory squats before a slow app
- * binds it: broker run never goes up, names mallory's UID, and no client byte reaches her.
+ * binds it: broker run never goes up, names mallory's UID, and no client byte reaches her. A port
+ * she takes while broker run is up (the app dropped its listener): every upstream connection is
+ * attributed before a byte goes through, so the first one that reaches her stops the app.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
@@ -46,6 +48,13 @@ function argOf(marker: string, flag: string): string | undefined {
   if (!p) return undefined;
   const args = p.cmd.split('\0');
   return args[args.indexOf(flag) + 1];
+}
+
+/** The app port: the argument before `marker` in the app's command line. */
+function appPortOf(marker: string): number {
+  const p = cmdlines().find((c) => c.cmd.includes(marker) && !c.cmd.includes('bin/broker'));
+  const args = p?.cmd.split('\0') ?? [];
+  return Number(args[args.indexOf(marker) - 1]);
 }
 
 /** mallory connects to `target` (a port on 127.0.0.1, or a socket path), sends `send`. */
@@ -372,5 +381,100 @@ time.sleep(60)`;
     expect(heard).not.toMatch(/conn|bytes/);
     expect((await d.api('GET', `/v1/services/${owner}/restart`)).status).toBe(404);
     squat.kill('SIGTERM');
+  });
+
+  /** An app that echoes until told "restart", then closes its listener and lingers. */
+  const dropsItsListener = (handshake: boolean) => `import sys, socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+while True:
+    c, _ = s.accept()
+    ${handshake ? 'c.recv(200); c.sendall(b"OK\\n")  # a --no-gate app answers the key itself' : 'pass'}
+    d = c.recv(100)
+    if b"restart" in d:
+        c.close(); s.close(); break
+    try: c.sendall(b"echo:" + d)
+    except OSError: pass
+    c.close()
+time.sleep(60)`;
+
+  /** mallory binds `port` and reports every connection and every byte she is sent. */
+  const squat = async (port: number) => {
+    const m = spawnNodeAs(
+      mallory,
+      `import { createServer } from 'node:net';
+       createServer((s) => { console.log('conn'); s.on('data', (c) => console.log('bytes ' + c.length)); })
+         .listen(${port}, '127.0.0.1', () => console.log('listening'));`,
+    );
+    procs.push(m);
+    let heard = '';
+    m.stdout!.on('data', (c: Buffer) => (heard += c.toString()));
+    await lineFrom(m, (l) => l === 'listening');
+    return { m, heard: () => heard };
+  };
+
+  it('fail/LOC-3 mallory takes {app_port} while broker run is up, with no failed connection to warn it: the next connection is attributed to her UID, not one byte reaches her, the app is stopped', async () => {
+    const marker = `retake-${process.pid}`;
+    const r = run('retake', ['--', 'python3', '-c', dropsItsListener(false), '{app_port}', marker]);
+    await ready('retake');
+    const port = appPortOf(marker);
+    const k = await key('retake');
+    expect(await talk(k.service.port, `${k.key}\nping`)).toBe('OK\necho:ping');
+    await talk(k.service.port, `${k.key}\nrestart`);
+    const { listenersOn } = await import('../../src/host/socket-owner.js');
+    await until(async () => (await listenersOn(port)).length === 0, 5000, 'the listener to go');
+    const m = await squat(port); // before any client tries: the guard has no failure to go by
+    // The next client, with a valid key: the gate says OK, then the upstream connection (the
+    // kernel completes it to her listener) is found to be hers and dropped before a byte.
+    expect(await talk(k.service.port, `${k.key}\nsecret client data`)).toBe('OK\n');
+    expect(await r.exited).toBe(1);
+    expect(r.err()).toMatch(
+      new RegExp(`port_unavailable: port ${port} is held by UID ${mallory.uid} \\(bt-mallory\\)`),
+    );
+    expect(m.heard()).not.toMatch(/bytes/);
+    expect((await d.api('GET', `/v1/services/${owner}/retake`)).status).toBe(404);
+    await until(() => !cmdlines().some((c) => c.cmd.includes(marker)), 5000, 'the app to go');
+    m.m.kill('SIGTERM');
+  });
+
+  it('fail/LOC-3 --no-gate over the tunnel: connections reach the app on {app_port} through an attributing relay; mallory on the port gets no key', async () => {
+    const marker = `nogate-${process.pid}`;
+    const r = run('nogateport', [
+      '--no-gate',
+      '--',
+      'python3',
+      '-c',
+      dropsItsListener(true),
+      '{app_port}',
+      marker,
+    ]);
+    await ready('nogateport');
+    const port = appPortOf(marker);
+    const { BrokerClient } = await import('../../src/client/broker-client.js');
+    const { connect } = await import('../../src/client/tunnel.js');
+    const broker = new BrokerClient({ url: d.url, ca: d.ca, token: d.adminToken, env: {} });
+    const say = async (line: string) => {
+      const ch = await connect(broker, 'nogateport');
+      let got = '';
+      ch.on('data', (c: Buffer) => (got += c.toString()));
+      ch.end(line);
+      await new Promise((res) => ch.once('close', res));
+      return got;
+    };
+    expect(await say('ping')).toBe('echo:ping');
+    await say('restart');
+    const { listenersOn } = await import('../../src/host/socket-owner.js');
+    await until(async () => (await listenersOn(port)).length === 0, 5000, 'the listener to go');
+    const m = await squat(port);
+    await expect(say('secret')).rejects.toThrow(/closed the connection before answering the key/);
+    expect(await r.exited).toBe(1);
+    expect(r.err()).toMatch(
+      new RegExp(`port_unavailable: port ${port} is held by UID ${mallory.uid} \\(bt-mallory\\)`),
+    );
+    expect(m.heard()).not.toMatch(/bytes/); // not the client's key
+    broker.close();
+    m.m.kill('SIGTERM');
   });
 });

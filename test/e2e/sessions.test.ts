@@ -333,7 +333,7 @@ describe.skipIf(announceSkip('SES-1 cookie isolation and LOC-5 --inject-key (ano
       killAs(page);
     });
 
-    it("fail/LOC-5 --inject-key: mallory connecting to the owner's local port gets DENIED and reaches nothing; the owner gets through", async () => {
+    it("fail/LOC-5 --inject-key: mallory connecting to the owner's local port (127.0.0.1 or ::1) gets DENIED and reaches nothing; the owner gets through", async () => {
       let reached = 0;
       await tcpService('inject', () => reached++);
       const t = spawn(process.execPath, [BIN, 'tunnel', 'inject', '--inject-key', '--json'], {
@@ -348,28 +348,33 @@ describe.skipIf(announceSkip('SES-1 cookie isolation and LOC-5 --inject-key (ano
       await until(() => out.trim().endsWith('}'), 15_000, 'broker tunnel --json');
       const port = JSON.parse(out).localPort as number;
       const mallory = unixUser('bt-mallory');
-      const m = await nodeAs(
-        mallory,
-        `import net from 'node:net';
-         const s = net.connect(${port}, '127.0.0.1', () => s.write('ping\\n'));
-         let got = ''; s.on('data', (b) => (got += b)); s.on('error', () => {});
-         s.on('close', () => console.log(JSON.stringify(got)));`,
-      );
-      expect(JSON.parse(m.stdout)).toBe('DENIED\n');
+      // The tunnel holds the port on both loopback addresses; both attribute the connection.
+      for (const host of ['127.0.0.1', '::1']) {
+        const m = await nodeAs(
+          mallory,
+          `import net from 'node:net';
+           const s = net.connect(${port}, '${host}', () => s.write('ping\\n'));
+           let got = ''; s.on('data', (b) => (got += b)); s.on('error', () => {});
+           s.on('close', () => console.log(JSON.stringify(got)));`,
+        );
+        expect(JSON.parse(m.stdout)).toBe('DENIED\n');
+      }
       expect(reached).toBe(0);
       await until(() => err.includes(`uid ${mallory.uid}`), 3000, 'the refusal on stderr');
-      // The owner's own process: the key is injected, the echo answers.
-      const mine = await new Promise<string>((resolve) => {
-        const s = netConnect({ host: '127.0.0.1', port }, () => s.write('mine\n'));
-        s.on('data', (b) => {
-          if (b.toString().includes('mine')) {
-            resolve(b.toString());
-            s.destroy();
-          }
+      // The owner's own processes: the key is injected, the echo answers.
+      for (const host of ['127.0.0.1', '::1']) {
+        const mine = await new Promise<string>((resolve) => {
+          const s = netConnect({ host, port }, () => s.write('mine\n'));
+          s.on('data', (b) => {
+            if (b.toString().includes('mine')) {
+              resolve(b.toString());
+              s.destroy();
+            }
+          });
         });
-      });
-      expect(mine).toBe('mine\n');
-      expect(reached).toBe(1);
+        expect(mine).toBe('mine\n');
+      }
+      expect(reached).toBe(2);
       killAs(t, 'SIGTERM');
       const wide = await run(
         process.execPath,

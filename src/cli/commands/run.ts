@@ -45,7 +45,9 @@ Where the app listens:
                 "app-credential"), or it prints a WARNING and registers exposure "open".
   --app-listen socket|port says which, for commands that read the environment instead of
   {app_socket}/{app_port}. On a port, broker run goes up only when the listener belongs to your
-  UID: a port held by another user stops the app (exit 1) and names the UID.
+  UID, and every new connection to the app is checked the same way before a byte is sent: a port
+  held by another user (at start, or taken while the app restarted) gets nothing, stops the app
+  (exit 1) and names the UID.
 
 --app-auth KIND gives the app a fresh 256-bit credential in its environment and in a 0600 file
 (never in its arguments); the HTTPS front presents it on every request:
@@ -201,8 +203,11 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
     const outcome = new Promise<Outcome>((resolve) => (finish = resolve));
     let finished = false;
     void outcome.then(() => (finished = true));
+    // Every connection broker run makes to the app's port is attributed before a byte goes
+    // through it (app-listener.ts). With --no-gate --tunnel none it makes none: clients reach
+    // the app on its public port directly.
     const guard =
-      'path' in target
+      'path' in target || appPublic
         ? null
         : new listener.UpstreamGuard(portTarget, (owners) => finish({ kind: 'foreign', owners }));
 
@@ -255,7 +260,19 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
     for (const sig of signals) process.on(sig, onSignal);
 
     let front: Server | TlsServer | null = null;
+    let relay: Server | null = null;
     try {
+      if (noGate && tunnel === 'ssh' && guard) {
+        // The app checks keys itself, so the tunnel's connections go to it as they are — through
+        // a relay on the private socket (unused on a port) that hands each to the app only once
+        // the kernel says the app's UID answered it, as the fronts do.
+        const { carryToApp } = await import('../run/tcp-front.js');
+        relay = createServer((s) => carryToApp(s, portTarget, guard));
+        await new Promise<void>((resolve, reject) => {
+          relay!.once('error', reject);
+          relay!.listen(work.socket, () => resolve());
+        });
+      }
       if (!noGate) {
         front = https
           ? (await import('../run/https-front.js')).httpsFront(svc, target, {
@@ -315,6 +332,7 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
       if (up && !finished) {
         if (tunnel === 'none') await svc.ready();
         else if (front) svc.retarget({ port: (front.address() as { port: number }).port });
+        else if (relay) svc.retarget({ path: work.socket });
         else svc.retarget('path' in target ? target : { host: portTarget.host, port: appPort });
         say(
           `${svc.ref} is up on port ${svc.port}${noGate ? ' (no gate)' : ', gated'}; the app is on ${where} (exposure ${plan.exposure})`,
@@ -354,6 +372,7 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
       for (const sig of signals) process.off(sig, onSignal);
       if (killTimer) clearTimeout(killTimer);
       front?.close();
+      relay?.close();
       await svc.close().catch(() => {});
       app.release();
     }

@@ -1,7 +1,7 @@
 /** tunnel and connect: the client ends through the broker's SSH gateway. */
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
-import { client, parseDuration, printJson, sleep, UsageError } from '../util.js';
+import { client, parseDuration, printJson, UsageError } from '../util.js';
 
 export function define(program: Command, action: Action): void {
   program
@@ -11,7 +11,11 @@ export function define(program: Command, action: Action): void {
       'forward a local port to a service through the gateway (stays in the foreground, like ssh -N -L)',
     )
     .option('--local-port <n>', 'local port (default: any free one)')
-    .option('--local-host <ip>', 'local address to listen on', '127.0.0.1')
+    .option(
+      '--local-host <ip>',
+      'local address to listen on; the loopback is held on 127.0.0.1 and ::1',
+      '127.0.0.1',
+    )
     .option(
       '--inject-key',
       "send the key first on each connection from your own processes, so clients that know nothing of keys work (other users' connections get DENIED)",
@@ -25,7 +29,13 @@ Examples:
   broker tunnel viz --local-port 8888                 # then: (echo "$KEY"; cat) | nc 127.0.0.1 8888
   broker tunnel alice/nb --local-port 8888 --inject-key   # key-unaware clients just connect
 
-Reconnects with backoff if the gateway connection drops; Ctrl-C stops it.`,
+On the loopback (the default) the port is held on 127.0.0.1 and on ::1, so "localhost" reaches
+the tunnel whichever address a client tries first. The local port is held for as long as the
+tunnel runs: when the gateway connection drops (a broker restart) the tunnel says so, resets
+connections made in the gap and reconnects with backoff, on the same port with the same key
+(a new one is printed only if it expired and --inject-key needs one). A local port that cannot
+be had (another process holds it on either address) is an error naming who holds it, exit 1.
+The tunnel ends, exit 1, when the service or your token is gone; Ctrl-C stops it.`,
     )
     .action(
       action(
@@ -45,72 +55,78 @@ Reconnects with backoff if the gateway connection drops; Ctrl-C stops it.`,
           const { openTunnel } = await import('../../client/tunnel.js');
           const broker = client(io);
           const tty = io.stderr.isTTY === true;
-          let localPort = opts.localPort ? Number(opts.localPort) : 0;
-          let first = true;
-          let delay = 500;
-          let stopping = false;
-          const stop = new Promise<void>((resolve) => {
-            process.once('SIGINT', () => ((stopping = true), resolve()));
-            process.once('SIGTERM', () => ((stopping = true), resolve()));
+          const say = (s: string) => io.stderr.write(`broker tunnel: ${s}\n`);
+          let stop!: () => void;
+          const stopped = new Promise<void>((resolve) => (stop = resolve));
+          process.once('SIGINT', () => stop());
+          process.once('SIGTERM', () => stop());
+          const t = await openTunnel(broker, name, {
+            localPort: opts.localPort ? Number(opts.localPort) : 0,
+            localHost: opts.localHost,
+            injectKey: opts.injectKey,
+            load: opts.ttl ? { ttlSeconds: parseDuration(opts.ttl, '--ttl') } : {},
+            reconnect: true,
           });
-          for (;;) {
-            let t;
-            try {
-              t = await openTunnel(broker, name, {
-                localPort,
+          const s = t.loaded.service;
+          const where = t.localAddresses
+            .map((a) => (a.includes(':') ? `[${a}]:${t.localPort}` : `${a}:${t.localPort}`))
+            .join(' and ');
+          const printKey = (l: typeof t.loaded, first: boolean) => {
+            if (opts.json)
+              printJson(io, {
                 localHost: opts.localHost,
-                injectKey: opts.injectKey,
-                load: opts.ttl ? { ttlSeconds: parseDuration(opts.ttl, '--ttl') } : {},
+                localAddresses: t.localAddresses,
+                localPort: t.localPort,
+                key: l.key,
+                keyId: l.keyId,
+                expiresAt: l.expiresAt,
+                service: l.service,
               });
-            } catch (err) {
-              if (first) throw err;
-              if (tty)
-                io.stderr.write(
-                  `\rreconnecting to ${name}: ${(err as Error).message.slice(0, 80)} (retry in ${Math.round(delay / 1000)}s)  `,
-                );
-              await Promise.race([sleep(delay), stop]);
-              if (stopping) return 0;
-              delay = Math.min(delay * 2, 30_000);
-              continue;
-            }
-            delay = 500;
-            localPort = t.localPort;
-            const s = t.loaded.service;
-            if (first) {
-              if (opts.json)
-                printJson(io, {
-                  localHost: opts.localHost,
-                  localPort,
-                  key: t.key,
-                  keyId: t.loaded.keyId,
-                  expiresAt: t.loaded.expiresAt,
-                  service: s,
-                });
-              else
-                io.stdout.write(
-                  `forwarding ${opts.localHost}:${localPort} → ${s.owner}/${s.name} through the gateway\n` +
-                    (opts.injectKey
-                      ? 'the key is sent for you on each connection\n'
-                      : `present this key first on each connection (key ${t.loaded.keyId}, expires ${t.loaded.expiresAt}):\n${t.key}\n`),
-                );
-            } else if (tty)
-              io.stderr.write(
-                `\rreconnected to ${s.owner}/${s.name}                                      \n`,
+            else if (first)
+              io.stdout.write(
+                `forwarding ${where} → ${s.owner}/${s.name} through the gateway\n` +
+                  (opts.injectKey
+                    ? 'the key is sent for you on each connection\n'
+                    : `present this key first on each connection (key ${l.keyId}, expires ${l.expiresAt}):\n${l.key}\n`),
               );
-            first = false;
-            t.on('error', () => {
-              /* one connection failed; the tunnel stays */
-            });
-            t.on('refused', ({ uid }: { uid: number | null }) =>
+          };
+          printKey(t.loaded, true);
+          t.on('error', () => {
+            /* one connection failed; the tunnel stays */
+          });
+          t.on('refused', ({ uid }: { uid: number | null }) =>
+            say(
+              `refused a connection from ${uid === null ? 'a process the kernel could not attribute' : `uid ${uid}`}: --inject-key serves only your own processes`,
+            ),
+          );
+          // Never silent: each loss and each return of the gateway connection is one line (on a
+          // terminal the retries update one line in place).
+          t.on('disconnect', () =>
+            say(`the gateway connection ended; still holding ${where}, reconnecting`),
+          );
+          t.on('retry', ({ error, delayMs }: { error: Error; delayMs: number }) => {
+            if (tty)
               io.stderr.write(
-                `broker tunnel: refused a connection from ${uid === null ? 'a process the kernel could not attribute' : `uid ${uid}`}: --inject-key serves only your own processes\n`,
-              ),
-            );
-            const closed = new Promise<void>((resolve) => t.once('close', () => resolve()));
-            await Promise.race([closed, stop]);
-            t.close();
-            if (stopping) return 0;
-          }
+                `\rreconnecting to ${s.owner}/${s.name}: ${error.message.slice(0, 80)} (retry in ${Math.round(delayMs / 1000)}s)  `,
+              );
+          });
+          t.on('reconnect', () =>
+            io.stderr.write(
+              `${tty ? '\r' : ''}broker tunnel: reconnected to ${s.owner}/${s.name}${tty ? '                    ' : ''}\n`,
+            ),
+          );
+          t.on('key', (l: typeof t.loaded) => {
+            say(`the key expired; a new one (key ${l.keyId}, expires ${l.expiresAt}) is injected`);
+            if (opts.json) printKey(l, false);
+          });
+          const ended = new Promise<Error | undefined>((resolve) =>
+            t.once('close', (err?: Error) => resolve(err)),
+          );
+          const err = await Promise.race([ended, stopped.then(() => undefined)]);
+          t.close();
+          broker.close();
+          if (err) throw err; // the service or the credential is gone: one line, exit 1
+          return 0;
         },
       ),
     );
@@ -195,21 +211,29 @@ command line.`,
           return 0;
         }
         const { openTunnel } = await import('../../client/tunnel.js');
+        // The port is held through gateway reconnects: the page keeps working after a broker
+        // restart, and no other user can take the port the browser knows in the meantime.
         const t = await openTunnel(broker, name, {
           localPort: opts.localPort ? Number(opts.localPort) : 0,
           load: { once: true },
+          reconnect: true,
+        });
+        t.on('error', () => {
+          /* one connection failed; the tunnel stays */
         });
         print(`https://${svc.hostname}:${t.localPort}/?broker_key=${t.key}`, {
           keyId: t.loaded.keyId,
           localPort: t.localPort,
         });
         if (io.stderr.isTTY) io.stderr.write('tunnel open; Ctrl-C to close it\n');
-        await new Promise<void>((resolve) => {
-          t.once('close', () => resolve());
-          process.once('SIGINT', () => resolve());
-          process.once('SIGTERM', () => resolve());
+        const err = await new Promise<Error | undefined>((resolve) => {
+          t.once('close', (e?: Error) => resolve(e));
+          process.once('SIGINT', () => resolve(undefined));
+          process.once('SIGTERM', () => resolve(undefined));
         });
         t.close();
+        broker.close();
+        if (err) throw err;
         return 0;
       }),
     );

@@ -9,9 +9,17 @@
  * cut at 5 minutes), headers as large as the apps behind accept (Tornado: 64 KiB; browsers send
  * every `localhost` cookie to every port), an upgrade the app refuses answered and closed
  * (never left as a raw pipe that later requests would take past the gate), and the app reached on
- * IPv4 or IPv6 loopback, wherever its listener is.
+ * IPv4 or IPv6 loopback, wherever its listener is. On a port, every new upstream connection is
+ * made by the {@link UpstreamGuard}, which hands it to http.request only once the kernel says the
+ * app's UID answered it — before a header (with the app credential) is written (LOC-3). Upstream
+ * connections are kept alive, and a kept-alive one needs no new check.
  */
-import { Agent, request as httpRequest, type IncomingMessage } from 'node:http';
+import {
+  Agent,
+  request as httpRequest,
+  type IncomingMessage,
+  type RequestOptions,
+} from 'node:http';
 import { createServer, type Server } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -39,7 +47,7 @@ export const FRONT_LIMITS = {
 } as const;
 
 export interface HttpsFrontOptions extends Omit<ForwardOptions, 'gateCookie'> {
-  /** For a port target: re-check the listener after a failed connection. */
+  /** For a port target: makes (and attributes) every upstream connection. */
   guard: UpstreamGuard | null;
   /** Close a connection with no traffic for this long (default FRONT_LIMITS.idleTimeoutMs). */
   idleTimeoutMs?: number;
@@ -49,6 +57,15 @@ type Target = AppTarget;
 
 const where = (t: Target) =>
   'path' in t ? { socketPath: t.path } : { host: t.host, port: t.port, family: 0 };
+
+/** http's `createConnection` for a port target: the guard's connection, once it is ours. */
+type CreateConnection = NonNullable<RequestOptions['createConnection']>;
+const through =
+  (guard: UpstreamGuard): CreateConnection =>
+  (_o, oncreate) => {
+    guard.connect((err, socket) => oncreate(err, socket!));
+    return undefined;
+  };
 
 /** `HTTP/1.1 <status> <message>` and the raw header lines of a response. */
 function head(res: IncomingMessage, extra: string[] = [], drop?: Set<string>): string {
@@ -71,11 +88,14 @@ export function httpsFront(svc: BrokerService, app: Target, opts: HttpsFrontOpti
   };
   const agent = new Agent({ keepAlive: true });
   const guard = opts.guard;
+  if (!('path' in app) && !guard) throw new Error('a port target needs an UpstreamGuard');
+  const connection = guard && !('path' in app) ? { createConnection: through(guard) } : {};
+  // The agent makes its new sockets through the guard; kept-alive ones are reused as they are.
+  if (connection.createConnection)
+    (agent as unknown as { createConnection: CreateConnection }).createConnection =
+      connection.createConnection;
   /** Wait for the guard when it asks to; false: do not connect. */
   const mayConnect = (): boolean | Promise<boolean> => (guard ? guard.ready() : true);
-  const noteFailure = (err: NodeJS.ErrnoException) => {
-    if (guard && err.code === 'ECONNREFUSED') guard.failed();
-  };
 
   const server = createServer(
     {
@@ -111,8 +131,7 @@ export function httpsFront(svc: BrokerService, app: Target, opts: HttpsFrontOpti
           });
         },
       );
-      up.on('error', (err) => {
-        noteFailure(err);
+      up.on('error', () => {
         if (res.headersSent) return void res.destroy();
         res.writeHead(502, { 'Content-Type': 'text/plain' });
         res.end('the app is not answering\n');
@@ -145,6 +164,7 @@ export function httpsFront(svc: BrokerService, app: Target, opts: HttpsFrontOpti
       if (r.headers.upgrade) headers.upgrade = r.headers.upgrade;
       const up = httpRequest({
         ...where(app),
+        ...connection,
         agent: false,
         method: r.method,
         path: withoutLoginKey(r.url ?? '/'),
@@ -171,8 +191,7 @@ export function httpsFront(svc: BrokerService, app: Target, opts: HttpsFrontOpti
           if (!upRes.complete) s.destroy();
         });
       });
-      up.once('error', (err) => {
-        noteFailure(err);
+      up.once('error', () => {
         if (!s.destroyed)
           s.end('HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       });
