@@ -4,8 +4,6 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
-import type { AddressInfo } from 'node:net';
-import type { Server as HttpsServer } from 'node:https';
 import type { Logger } from 'pino';
 import { createLogger } from './logger.js';
 import { PRINCIPAL_RE } from '../protocol/names.js';
@@ -25,7 +23,8 @@ import { ServiceRegistry } from './services.js';
 import { StateDir } from './state-dir.js';
 import { SqliteStore } from './store/sqlite-store.js';
 import type { Store } from './store/store.js';
-import { PeerUidLookup, unprivilegedPortStart } from '../host/socket-owner.js';
+import { unprivilegedPortStart } from '../host/socket-owner.js';
+import { ServerOwners } from '../host/sock-diag.js';
 import { createApp } from './http/app.js';
 import { createHttpsServer } from './http/server.js';
 import { createVerifyHandler } from './http/verify-fast-path.js';
@@ -167,8 +166,10 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         );
     });
     const gatewayRef: { port: number; gateway: Gateway | null } = { port: ssh.port, gateway: null };
-    // Attributes loopback connections to local Unix users (API and gateway shares, LOC-5).
-    const peers = new PeerUidLookup();
+    // Attributes loopback connections to local Unix users (API and gateway shares, LOC-5): the
+    // kernel's exact socket lookup over netlink, or the /proc tables where that cannot run.
+    const peers = new ServerOwners();
+    closers.unshift(() => peers.close());
     let gatewayStats = { tunnels: () => 0, channels: () => 0, bytes: () => 0 };
     const metrics = new PromMetrics({
       servicesByStatus: () => {
@@ -331,7 +332,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       }),
       flushAudit: () => audit.flush(),
     });
-    const server: HttpsServer = createHttpsServer(
+    const api = createHttpsServer(
       config,
       { cert: apiCert.certPem + ca.caCertPem, key: apiCert.keyPem! },
       app,
@@ -345,15 +346,9 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       }),
       peers,
     );
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(listen.port, listen.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    closers.unshift(() => server.close());
-    const port = (server.address() as AddressInfo).port;
+    const port = await api.listen(listen.port, listen.host);
+    const server = api.https;
+    closers.unshift(() => void api.drain(0));
     const url = `https://${urlHost(publicHost)}:${port}`;
 
     const credentialsPath = dir.file('credentials');
@@ -416,16 +411,14 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         closing ??= (async () => {
           clearInterval(sweepTimer);
           clearInterval(renewTimer);
-          const drained = new Promise<void>((resolve) => server.close(() => resolve()));
+          const drained = api.drain(graceMs);
           await gateway.close();
-          server.closeIdleConnections();
-          const timer = setTimeout(() => server.closeAllConnections(), graceMs);
           await drained;
-          clearTimeout(timer);
           audit.flush();
           keys.flushUses();
           store.close();
           lock.close();
+          peers.close();
           log.info('broker stopped');
           own?.close();
         })();

@@ -192,6 +192,14 @@ export class ServerOwners {
     return this.proc.lookup(socket);
   }
 
+  /**
+   * The Unix user at the other end of a loopback connection this process accepted (the client's
+   * socket), or null: the same exact lookup, from the other side (LOC-5 attribution).
+   */
+  async peerUid(socket: ConnectedSocket): Promise<number | null> {
+    return (await this.lookup(socket))?.[0] ?? null;
+  }
+
   close(): void {
     this.helper.close();
   }

@@ -166,6 +166,11 @@ export function socketPeerUid(socket: {
   );
 }
 
+/** Who is at the other end of a loopback connection this process accepted (null: unknown). */
+export interface PeerAttribution {
+  peerUid(socket: Parameters<typeof socketPeerUid>[0]): Promise<number | null>;
+}
+
 /**
  * Peer lookups for a stream of new connections, coalesced: every lookup waits for the next read
  * of the socket tables and one read answers all that were waiting, so a flood of connects costs
@@ -179,6 +184,10 @@ export class PeerUidLookup {
   private reading = false;
 
   /** The UID behind a loopback connection this process accepted, or null (remote, gone, no /proc). */
+  peerUid(socket: Parameters<typeof socketPeerUid>[0]): Promise<number | null> {
+    return this.lookup(socket);
+  }
+
   lookup(socket: Parameters<typeof socketPeerUid>[0]): Promise<number | null> {
     return new Promise((done) => {
       this.waiting.push({ socket, done });

@@ -607,15 +607,20 @@ describe.skipIf(reason !== null)(
         if (conn.transport === 'ipc')
           expect(await malloryConnects(endpoint(ch)), ch).toBe('EACCES');
 
-      // Every TCP port alice's processes listen on: the two fronts, the two `broker open` tunnels,
-      // and ipykernel's pipe for the output of forked subprocesses (whatever the transport; it
+      // Every TCP port alice's processes listen on: the two fronts, the two `broker open` tunnels
+      // (each on 127.0.0.1 and ::1, so nobody else can take either), and ipykernel's pipe for the output of forked subprocesses (whatever the transport; it
       // drops a message without the kernel's 128-bit pipe secret — though it prints the refusal,
       // the sender's bytes included, to the kernel's stderr, which ipykernel forwards to the
       // notebook: an upstream nuisance, neither a read nor code execution). Nothing else.
       const ports = await listenersOf(treeOf(children.map((c) => c.pid!)));
       const what = (p: { pid: number }) => cmdline(p.pid).slice(1, 3).join(' ');
       expect(ports.map(what).sort()).toEqual(
-        [`${BIN} open`, `${BIN} open`, `${BIN} run`, `${BIN} run`, '-m ipykernel_launcher'].sort(),
+        [
+          ...Array<string>(4).fill(`${BIN} open`),
+          `${BIN} run`,
+          `${BIN} run`,
+          '-m ipykernel_launcher',
+        ].sort(),
       );
 
       // While alice runs a cell, mallory subscribes to the kernel's broadcast channel: she hears

@@ -8,7 +8,7 @@
  */
 import { createServer, type Server } from 'node:https';
 import { STATUS_CODES, type RequestListener } from 'node:http';
-import type { Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { BrokerError } from '../../protocol/errors.js';
 import type { Config } from '../config.js';
@@ -16,11 +16,29 @@ import { VERIFY_PATH } from './verify-fast-path.js';
 import { newRequestId } from './respond.js';
 import { FairShares } from '../fair-shares.js';
 import { canonicalIp, isLoopback } from '../net-util.js';
-import type { PeerUidLookup } from '../../host/socket-owner.js';
+import type { PeerAttribution } from '../../host/socket-owner.js';
 
 export interface TlsMaterial {
   cert: string;
   key: string;
+}
+
+/**
+ * The API listener: a plain TCP server in front of the HTTPS server. A connection is attributed
+ * to its source (the kernel says which local Unix user is behind a loopback connection) and
+ * admitted by its share before any TLS work is done for it — a source over its share costs a
+ * lookup and a close, not a handshake — then handed to the HTTPS server. `listen`, `address` and
+ * `close` are the front's; everything else (TLS contexts, connection draining) the HTTPS server's.
+ */
+export interface ApiListener {
+  https: Server;
+  /** Listen; resolves with the port. */
+  listen(port: number, host: string): Promise<number>;
+  /**
+   * Stop accepting, close idle connections, let requests in flight finish for up to `graceMs`,
+   * then cut what is left.
+   */
+  drain(graceMs: number): Promise<void>;
 }
 
 export function createHttpsServer(
@@ -29,8 +47,8 @@ export function createHttpsServer(
   app: RequestListener,
   verify: RequestListener,
   /** Attributes loopback connections to local UIDs; without it every address is one source. */
-  peers?: PeerUidLookup,
-): Server {
+  peers?: PeerAttribution,
+): ApiListener {
   const server = createServer(
     {
       cert: tls.cert,
@@ -51,25 +69,6 @@ export function createHttpsServer(
       else app(req, res);
     },
   );
-  // Root and the broker's own user may hold any number (tools and tests on the broker host);
-  // they still count against the overall cap.
-  const unlimited = new Set([0, process.getuid?.() ?? 0].map((uid) => `uid:${uid}`));
-  const shares = new FairShares({
-    max: config.maxConnections,
-    perSource: config.maxConnectionsPerSource,
-  });
-  server.on('connection', (socket: Socket) => {
-    const ip = canonicalIp(socket.remoteAddress ?? '') ?? 'unknown';
-    const admit = (source: string) => {
-      if (socket.destroyed) return;
-      const release = shares.admit(source, () => socket.destroy(), unlimited.has(source));
-      if (!release) return void socket.destroy();
-      socket.once('close', release);
-    };
-    if (peers && isLoopback(ip))
-      void peers.lookup(socket).then((uid) => admit(uid === null ? `ip:${ip}` : `uid:${uid}`));
-    else admit(`ip:${ip}`);
-  });
   server.on('tlsClientError', () => {
     /* failed handshakes (wrong version, scanners) are expected; nothing to do */
   });
@@ -93,5 +92,60 @@ export function createHttpsServer(
         `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`,
     );
   });
-  return server;
+  // Root and the broker's own user may hold any number (tools and tests on the broker host);
+  // they still count against the overall cap.
+  const unlimited = new Set([0, process.getuid?.() ?? 0].map((uid) => `uid:${uid}`));
+  const shares = new FairShares({
+    max: config.maxConnections,
+    perSource: config.maxConnectionsPerSource,
+  });
+  const open = new Set<Socket>();
+  const front = createNetServer({ pauseOnConnect: true }, (socket: Socket) => {
+    socket.on('error', () => socket.destroy());
+    open.add(socket);
+    socket.once('close', () => open.delete(socket));
+    const ip = canonicalIp(socket.remoteAddress ?? '') ?? 'unknown';
+    const admit = (source: string) => {
+      if (socket.destroyed) return;
+      const release = shares.admit(source, () => socket.destroy(), unlimited.has(source));
+      if (!release) return void socket.destroy();
+      socket.once('close', release);
+      server.emit('connection', socket);
+      socket.resume();
+    };
+    if (peers && isLoopback(ip))
+      void peers.peerUid(socket).then(
+        (uid) => admit(uid === null ? `ip:${ip}` : `uid:${uid}`),
+        () => admit(`ip:${ip}`),
+      );
+    else admit(`ip:${ip}`);
+  });
+  front.on('error', () => undefined);
+  return {
+    https: server,
+    listen: (port, host) =>
+      new Promise((resolve, reject) => {
+        front.once('error', reject);
+        front.listen(port, host, () => {
+          front.off('error', reject);
+          // The HTTPS server never listens itself, but node:http starts tracking its connections
+          // (header and request timeouts, closeIdleConnections) on 'listening': say it does.
+          // The slowloris and drain tests (NET-3, lifecycle) would catch a node that changed this.
+          server.emit('listening');
+          resolve((front.address() as AddressInfo).port);
+        });
+      }),
+    drain: async (graceMs) => {
+      const closed = new Promise<void>((resolve) => front.close(() => resolve()));
+      server.closeIdleConnections();
+      const deadline = Date.now() + graceMs;
+      while (open.size > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+        server.closeIdleConnections();
+      }
+      server.closeAllConnections();
+      for (const s of open) s.destroy();
+      await closed;
+    },
+  };
 }

@@ -29,7 +29,7 @@ import { FairShares } from '../fair-shares.js';
 import { PublishedPorts, type HoldResult } from './published-ports.js';
 import { verifySignature } from './public-keys.js';
 import { splice } from '../../protocol/splice.js';
-import type { PeerUidLookup } from '../../host/socket-owner.js';
+import type { PeerAttribution } from '../../host/socket-owner.js';
 
 type Connection = ssh2.Connection;
 
@@ -87,7 +87,7 @@ export interface GatewayDeps {
   limits: GatewayLimits;
   changes: ChangeFeed;
   /** Attributes loopback connections to a local UID (the pre-auth slots are shared per UID). */
-  peers: PeerUidLookup;
+  peers: PeerAttribution;
   /** Failed logins per source; a source past its budget is refused at connect (penalties). */
   authFailures: FailureLimiter;
 }
@@ -245,7 +245,7 @@ export class Gateway {
     const source = canonicalIp(socket.remoteAddress ?? '') ?? 'unknown';
     let sourceKey = `ip:${source}`;
     if (isLoopback(source)) {
-      const uid = await this.d.peers.lookup(socket);
+      const uid = await this.d.peers.peerUid(socket);
       if (uid !== null) sourceKey = `uid:${uid}`;
     }
     if (socket.destroyed) return;
