@@ -13,7 +13,8 @@ import { splice } from '../protocol/splice.js';
 import type { LoadRequest, LoadResponse } from '../protocol/types.js';
 import type { BrokerClient } from './broker-client.js';
 import { gatewayInfo, sshConnect } from './ssh.js';
-import { canonicalAddress, describeUid, listenersOn, PeerUidLookup } from '../host/socket-owner.js';
+import { canonicalAddress, describeUid, listenersOn } from '../host/socket-owner.js';
+import { ServerOwners } from '../host/sock-diag.js';
 
 /** Where a loaded service is reached from the gateway. */
 function destination(l: LoadResponse): { host: string; port: number } {
@@ -401,14 +402,15 @@ export async function openTunnel(
     );
   const ssh = await sshConnect(g, user, broker.credentials.token!);
   const me = process.getuid?.() ?? -1;
-  const peers = opts.injectKey ? new PeerUidLookup() : null;
+  // The kernel's exact socket lookup (netlink; /proc where it cannot run), one per connection.
+  const peers = opts.injectKey ? new ServerOwners() : null;
   // eslint-disable-next-line prefer-const -- assigned once the listeners know their port, used by their handler
   let tunnel: Tunnel;
   const onConnection = (local: Socket) => {
     // The key goes only to this user's own processes; whoever the kernel cannot attribute to us
     // is refused like a wrong key (LOC-5).
     const inject = peers
-      ? peers.lookup(local).then((uid) => {
+      ? peers.peerUid(local).then((uid) => {
           if (uid === me) return true;
           local.end('DENIED\n');
           tunnel.emit('refused', { uid });
@@ -443,6 +445,7 @@ export async function openTunnel(
     dial,
     r ? { maxDelayMs: (typeof r === 'object' && r.maxDelayMs) || 10_000 } : null,
   );
+  tunnel.once('close', () => peers?.close());
   tunnel.attach(ssh);
   return tunnel;
 }

@@ -142,6 +142,8 @@ describe('broker run --mode https: the front', () => {
     expect(seen.x_forwarded_user).toBeUndefined();
     expect(seen.forwarded).toBeUndefined();
     expect(seen['x-real-ip']).toBeUndefined();
+    // The session's host name never leaves the browser as a Referer (SES-1).
+    expect(r.headers['referrer-policy']).toBe('no-referrer');
   });
 
   it("fail/SES-4: the gate's session cookie (and any broker gate cookie) is not passed on; the app's own cookies are", async () => {

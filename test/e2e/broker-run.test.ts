@@ -107,11 +107,22 @@ describe('broker run', () => {
     const k = await key('echo-ssh');
     expect(await talk(k.service.port, `${k.key}\nping`)).toBe('OK\necho:ping');
     const reached = count(countFile);
+    // SES-2: a connection open when its key is revoked ends within the gate's 5 s re-check.
+    const k2 = await key('echo-ssh');
+    const open = createConnection({ host: '127.0.0.1', port: k.service.port });
+    open.on('error', () => undefined);
+    open.write(`${k2.key}\nhold\n`);
+    await new Promise((r) => open.once('data', r));
+    const ended = new Promise((r) => open.once('close', r));
+    const t0 = Date.now();
+    await d.api('DELETE', `/v1/keys/${k2.keyId}`);
+    await ended;
+    expect(Date.now() - t0).toBeLessThan(6500);
     expect(await talk(k.service.port, 'bkk_' + 'w'.repeat(43) + '\nping')).toBe('DENIED\n');
     expect(await talk(k.service.port, 'no key at all\nping')).toBe('DENIED\n');
     await d.api('DELETE', `/v1/keys/${k.keyId}`);
     expect(await talk(k.service.port, `${k.key}\nping`)).toBe('DENIED\n');
-    expect(count(countFile)).toBe(reached); // the app saw none of them
+    expect(count(countFile)).toBe(reached + 1); // the app saw none of them (but k2's own)
     // /proc/<pid>/cmdline of every process holds no token or key (FS-4).
     const cmdlines = readdirSync('/proc')
       .filter((p) => /^\d+$/.test(p))

@@ -122,6 +122,9 @@ export function clientResponseHeaders(
     }
     out[k] = v;
   }
+  // A browser session lives on a host name of its own that nobody else may learn (SES-1): no
+  // page of the app sends it on as a Referer, whatever the app asks for.
+  out['referrer-policy'] = 'no-referrer';
   return out;
 }
 

@@ -6,7 +6,6 @@
  */
 import { connect as netConnect, createServer, type Server, type Socket } from 'node:net';
 import { splice } from '../../protocol/splice.js';
-import { gate } from '../../server-sdk/gate.js';
 import type { BrokerService } from '../../server-sdk/service.js';
 import type { AppTarget, UpstreamGuard } from './app-listener.js';
 
@@ -44,6 +43,7 @@ export function tcpFront(
   guard: UpstreamGuard | null,
 ): Server {
   return createServer(
-    gate((sock: Socket) => carryToApp(sock, target, guard), { verify: (k) => svc.verify(k) }),
+    // The service's gate: connections end when the key they were opened with does (SES-2).
+    svc.gate((sock: Socket) => carryToApp(sock, target, guard)),
   );
 }
