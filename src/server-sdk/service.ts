@@ -32,7 +32,12 @@ export interface RegisterServiceOptions extends Omit<RegisterRequest, 'name'> {
   name: string;
   /** The client used to register (a user token; default: discovered credentials). */
   broker?: BrokerClient;
-  /** Where tunnelled connections go: a TCP port on this host, or a Unix socket path. */
+  /**
+   * Where tunnelled connections go: a Unix socket path, or a TCP port of a server in this same
+   * process (gated with `svc.gate()`). Any local user can bind a loopback port another process
+   * gave up; for a server in another process use a socket in a 0700 directory, or `broker run`,
+   * which checks who answers every connection to a port (LOC-3).
+   */
   target?: { port: number; host?: string } | { path: string };
   /** Heartbeat period (default 30 s). */
   heartbeatSeconds?: number;
