@@ -1,5 +1,6 @@
 /**
- * ATTACK (LOC-3): the app behind `broker run --app-auth` on `{app_port}`, restarted by its job
+ * LOC-3, as the attacker (a penetration test of issue 11 found it open; it was fixed by checking
+ * who answers every upstream connection): the app behind `broker run --app-auth` on `{app_port}`, restarted by its job
  * script after a crash. bt-mallory, a second real Unix user, reads the app port in the wrapper's
  * command line (world-readable /proc/PID/cmdline) and keeps trying to bind it. The moment the app
  * dies she holds 127.0.0.1:{app_port}. The front's UpstreamGuard re-checks the listener only after
@@ -9,7 +10,7 @@
  * without any broker key: the gate is bypassed for good (for `--app-auth jupyter` that is a
  * Jupyter server: code execution as the victim).
  *
- * The test states what LOC-3 promises; it fails while the attack works.
+ * The test states what LOC-3 promises; it failed while the attack worked.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, chmodSync } from 'node:fs';

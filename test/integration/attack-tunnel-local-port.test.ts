@@ -1,5 +1,6 @@
 /**
- * ATTACK (LOC-4 on the client side): `broker tunnel NAME --local-port L` lets go of its local
+ * LOC-4 on the client side, as the attacker (a penetration test of issue 11 found it open; the
+ * tunnel now holds its listeners for its whole life): `broker tunnel NAME --local-port L` let go of its local
  * listener whenever its gateway connection ends — a broker restart, a network blip — and binds it
  * again only after it has reconnected. The broker holds *its* ports through restarts (LOC-4); the
  * client's tunnel does not. bt-mallory, a second real Unix user with no broker account, reads L in
@@ -9,8 +10,8 @@
  * A key is worth the service: she presents it on the service's published port (any local user can
  * connect there) and is let in.
  *
- * The test states what the promise says ("other users … cannot harvest a key"); it fails while
- * the attack works.
+ * The test states what the promise says ("other users … cannot harvest a key"); it failed while
+ * the attack worked.
  */
 import type { ChildProcess } from 'node:child_process';
 import { writeFileSync, rmSync } from 'node:fs';
