@@ -30,7 +30,7 @@ import time
 import urllib.parse
 
 __all__ = ["BrokerClient", "BrokerError", "GatedRequestHandler", "ServiceConnection",
-           "discover_credentials", "gate_socket", "service_hostname"]
+           "discover_credentials", "gate_socket", "munge_credential", "service_hostname"]
 __version__ = "0.1.0"
 
 # Fallback codes when an error response has no parsable body (e.g. a proxy in between).
@@ -123,6 +123,63 @@ def _credential_files():
     return [os.path.join(config, "broker", "credentials.json"), os.path.join(state, "credentials.json")]
 
 
+SITE_CONFIG_PATH = "/etc/broker/client.json"
+
+
+def _site_config_path():
+    """The site client config: ``$BROKER_CLIENT_CONFIG`` or ``/etc/broker/client.json``."""
+    return _nonempty(os.environ.get("BROKER_CLIENT_CONFIG")) or SITE_CONFIG_PATH
+
+
+def _check_safe_directory(directory):
+    """OpenSSH's ``safe_path()`` walk: ``directory`` and every ancestor owned by the caller or
+    root and writable by nobody else (a sticky directory such as /tmp is allowed). Raises
+    BrokerError ``insecure_path``."""
+    if not hasattr(os, "getuid"):
+        return
+    uid = os.getuid()
+    path = os.path.realpath(directory)
+    while True:
+        st = os.stat(path)
+        if st.st_uid not in (uid, 0):
+            raise BrokerError("insecure_path", f"{path} is owned by uid {st.st_uid}, not by you "
+                              f"(uid {uid}) or root: its owner can replace what is in it")
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise BrokerError("insecure_path", f"{path} is writable by {_who(st.st_mode, 0o022)} "
+                              f"(mode {stat.S_IMODE(st.st_mode):04o}): anyone who can write it "
+                              "can replace what is in it")
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
+def _read_trusted_file(path):
+    """A public file that decides which broker you trust (the site config, a CA file): read
+    only when it is the caller's or root's, writable by nobody else, in a safe directory. None
+    when it does not exist; BrokerError ``insecure_path`` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    with open(fd, encoding="utf-8") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BrokerError("insecure_path", f"{path} is not a regular file")
+        if hasattr(os, "getuid"):
+            uid = os.getuid()
+            if st.st_uid not in (uid, 0):
+                raise BrokerError("insecure_path", f"{path} is owned by uid {st.st_uid}, not by "
+                                  f"you (uid {uid}) or root: its owner could point you at a "
+                                  "broker of their choosing")
+            if st.st_mode & 0o022:
+                raise BrokerError("insecure_path", f"{path} is writable by "
+                                  f"{_who(st.st_mode, 0o022)} (mode {stat.S_IMODE(st.st_mode):04o}): "
+                                  "anyone who can write it chooses which broker you trust")
+            _check_safe_directory(os.path.dirname(os.path.realpath(path)))
+        return f.read()
+
+
 def _ca_pem_file(path):
     with open(os.path.expanduser(path), encoding="ascii") as f:
         return f.read()
@@ -135,20 +192,52 @@ def _ca_pem(ca):
     return ca if "-----BEGIN" in ca else _ca_pem_file(ca)
 
 
+def _ca_from_file_value(value, file):
+    """A file's ``ca``: the PEM itself, or a path (relative to the file's directory)."""
+    if "-----BEGIN CERTIFICATE-----" in value:
+        return value
+    path = os.path.join(os.path.dirname(os.path.abspath(file)), os.path.expanduser(value))
+    pem = _read_trusted_file(path)
+    if pem is None:
+        raise ValueError(f"the CA file {path} named in {file} does not exist; "
+                         'fix "ca" there (a path or the PEM)')
+    return pem
+
+
+def _origin(url):
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _urls_of(data):
+    out = []
+    for key in ("url", "urls"):
+        v = data.get(key)
+        for u in ([v] if isinstance(v, str) else v if isinstance(v, list) else []):
+            if isinstance(u, str) and u:
+                out.append(u)
+    return out
+
+
 def discover_credentials(url=None, token=None, ca=None):
     """Resolve ``url``, ``token`` and the CA PEM, each on its own; the first hit wins.
 
     Order: explicit argument -> env ``BROKER_URL`` / ``BROKER_TOKEN`` / ``BROKER_CA`` (a path to a
     PEM file) -> ``$XDG_CONFIG_HOME/broker/credentials.json`` (default ``~/.config/...``) ->
     ``<state dir>/credentials.json`` with state dir ``$BROKER_DATA`` or ``$XDG_STATE_HOME/broker``
-    (default ``~/.local/state/broker``). In the files ``ca`` is a PEM string. An explicit ``ca``
-    may be PEM text or a path. Returns ``{"url", "token", "ca_pem"}``; unresolved fields are None.
+    (default ``~/.local/state/broker``) -> the site client config ``$BROKER_CLIENT_CONFIG`` or
+    ``/etc/broker/client.json`` (``{"urls": [...], "ca": PATH or PEM}``; never a token). In the
+    files ``ca`` is a PEM string or a path (relative to the file). An explicit ``ca`` may be PEM
+    text or a path. A token a login cached (it carries a ``login`` marker naming its broker) is
+    used only for that broker and only until it expires. Returns ``{"url", "urls", "token",
+    "ca_pem", "login"}``; unresolved fields are None.
 
     A credentials file is opened only while a field is still missing, and used only when it is
     the caller's (or root's) and group/other cannot access it: otherwise this raises
     :class:`BrokerError` with ``code == "insecure_path"`` and a message naming the file and the
-    fix (``chmod 600 <path>``), as ssh refuses an unprotected private key. A file that exists
-    but cannot be read or parsed raises ValueError.
+    fix (``chmod 600 <path>``), as ssh refuses an unprotected private key. The site config and a
+    CA file it names must be writable by nobody but their owner (the caller or root). A file
+    that exists but cannot be read or parsed raises ValueError.
     """
     found = {"url": _nonempty(url), "token": _nonempty(token),
              "ca_pem": _ca_pem(ca) if ca else None}
@@ -157,14 +246,108 @@ def discover_credentials(url=None, token=None, ca=None):
         value = _nonempty(os.environ.get(var))
         if found[field] is None and value:
             found[field] = _ca_pem_file(value) if field == "ca_pem" else value
-    for path in _credential_files():
+    urls = [found["url"]] if found["url"] else []
+    cached = []
+    site = _site_config_path()
+    for path in _credential_files() + [site]:
         if all(v is not None for v in found.values()):
             break
-        data = _read_json_file(path) or {}
-        for field, key in (("url", "url"), ("token", "token"), ("ca_pem", "ca")):
-            if found[field] is None and isinstance(data.get(key), str) and data[key]:
-                found[field] = data[key]
+        if path == site:
+            text = _read_trusted_file(path)
+            try:
+                data = json.loads(text) if text is not None else {}
+            except ValueError as e:
+                raise ValueError(f"cannot read the site client config {path}: {e}") from None
+            if not isinstance(data, dict):
+                raise ValueError(f"the site client config {path} is not a JSON object")
+        else:
+            data = _read_json_file(path) or {}
+        if found["url"] is None and _urls_of(data):
+            urls = _urls_of(data)
+            found["url"] = urls[0]
+        if found["ca_pem"] is None and isinstance(data.get("ca"), str) and data["ca"]:
+            found["ca_pem"] = _ca_from_file_value(data["ca"], path)
+        # A site config is world-readable: a token in it would be everyone's, so it is not used.
+        if found["token"] is None and path != site and isinstance(data.get("token"), str) and data["token"]:
+            login = data.get("login")
+            if isinstance(login, dict) and isinstance(login.get("url"), str):
+                cached.append((data["token"], login))
+            else:
+                found["token"] = data["token"]
+    found["login"] = None
+    if found["token"] is None and found["url"]:
+        origins = {_origin(u) for u in urls}
+        for tok, login in cached:
+            expires = login.get("expiresAt")
+            if _origin(login["url"]) in origins and not (
+                    isinstance(expires, str) and _iso_epoch(expires) <= time.time() + 30):
+                found["token"], found["login"] = tok, login
+                break
+    found["urls"] = urls
     return found
+
+
+def _iso_epoch(iso):
+    """``2026-11-30T13:24:14.391Z`` -> epoch seconds (0 when unparsable)."""
+    import datetime
+    try:
+        return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0
+
+
+def munge_credential(uid=None):
+    """A MUNGE credential from the local munged (``munge -n [-u UID]``, no shell), or None when
+    ``munge`` is not installed. Raises BrokerError ``identity_unavailable`` when munged cannot
+    make one."""
+    import subprocess
+    args = ["munge", "-n"] + (["-u", str(uid)] if uid is not None else [])
+    try:
+        done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=5,
+                              check=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BrokerError("identity_unavailable", f"cannot run munge: {e}") from None
+    cred = done.stdout.decode("latin-1").strip()
+    if done.returncode == 0 and cred.startswith("MUNGE:"):
+        return cred
+    why = done.stderr.decode("latin-1").strip().splitlines()
+    raise BrokerError("identity_unavailable", "munge could not make a credential ("
+                      f"{why[0] if why else 'exit %d' % done.returncode}); is munged running on "
+                      "this node? Meanwhile use a token (BROKER_TOKEN)")
+
+
+def _write_private_json(path, data):
+    """Write ``data`` to ``path`` 0600 in a 0700 directory of the caller's: a new file made with
+    O_CREAT|O_EXCL|O_NOFOLLOW, then renamed over the target (a link there is replaced, never
+    followed)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    _check_safe_directory(directory)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class _Refused(Exception):
+    """A broker URL refused the connection: nothing was sent, the next one may answer."""
+
+    def __init__(self, error):
+        super().__init__(str(error))
+        self.error = error
 
 
 class BrokerClient:
@@ -176,22 +359,35 @@ class BrokerClient:
     client may be shared by threads. HTTP proxies and redirects are never followed.
     """
 
-    def __init__(self, url=None, token=None, ca=None, timeout=10.0):
+    def __init__(self, url=None, token=None, ca=None, timeout=10.0, auto_login=None):
         creds = discover_credentials(url, token, ca)
         if not creds["url"]:
-            raise ValueError("no broker URL: pass url= or set BROKER_URL (or run `broker serve`)")
+            raise ValueError("no broker URL: pass url=, set BROKER_URL, or ask your admin for the "
+                             "site client config (/etc/broker/client.json)")
         if not creds["ca_pem"]:
             raise ValueError("no broker CA: pass ca= or set BROKER_CA to the CA PEM file")
-        parts = urllib.parse.urlsplit(creds["url"])
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"broker URL must be https://HOST:PORT, got {creds['url']!r}")
-        self.url = f"https://{parts.netloc}"
-        self._host, self._port = parts.hostname, parts.port or 443
+        self._urls = []
+        for u in creds["urls"] or [creds["url"]]:
+            parts = urllib.parse.urlsplit(u)
+            if parts.scheme != "https" or not parts.hostname:
+                raise ValueError(f"broker URL must be https://HOST:PORT, got {u!r}")
+            self._urls.append((f"https://{parts.netloc}", parts.hostname, parts.port or 443))
+        self._use(0)
         self._token = creds["token"]
+        self._login = creds["login"]
         self._ca_pem = creds["ca_pem"]
         self.timeout = timeout
         self._ctx = self.ssl_context()
         self._owner = None
+        # Log in as the Unix user when there is no token (MUNGE, or on the broker host the
+        # connection); again, once, when a cached login's token is refused. Not with token=.
+        self.auto_login = token is None if auto_login is None else auto_login
+        self._logged_in_here = False
+        self._relogged = False
+
+    def _use(self, i):
+        self._url_index = i
+        self.url, self._host, self._port = self._urls[i]
 
     def __repr__(self):
         return f"BrokerClient(url={self.url!r})"
@@ -200,6 +396,60 @@ class BrokerClient:
         """A client of the same broker (same URL, CA, timeout) authenticating with ``token`` --
         e.g. the ``serviceToken`` of a register response, for the server process."""
         return BrokerClient(self.url, token, self._ca_pem, self.timeout)
+
+    def login(self, method=None, cache=True):
+        """Log in as the Unix user this process runs as (issue 12) and use the token from now on:
+        with MUNGE (``munge -n``, restricted to the broker's UID) when the broker accepts it and
+        ``munge`` is installed here, else -- when the broker is on this host -- by the connection
+        alone (``method`` forces ``"munge"`` or ``"peer"``). The token is cached in the user's
+        ``~/.config/broker/credentials.json`` (0600) for this broker unless ``cache=False`` (a
+        cache that cannot be written is skipped). Returns the login response without the token:
+        ``{"tokenId", "expiresAt", "principal", "method", "cachedIn"}``. Raises BrokerError
+        (``unauthenticated`` with ``details["reason"]``, ``forbidden``, ``identity_unavailable``).
+        """
+        ident = (self.health() or {}).get("identity") or {}
+        res = None
+        if method == "munge" or (method is None and ident.get("munge")):
+            if not ident.get("munge"):
+                raise BrokerError("identity_unavailable",
+                                  f"the broker at {self.url} does not accept MUNGE logins")
+            cred = munge_credential(ident.get("uid"))
+            if cred is not None:
+                res = self.request("POST", "/v1/login", auth=False,
+                                   headers={"Authorization": f"MUNGE {cred}"})
+            elif method == "munge":
+                raise BrokerError("identity_unavailable", "munge is not installed on this node")
+        if res is None:
+            loopback = self._host in ("localhost", "::1") or self._host.startswith("127.")
+            if not (ident.get("peer") and loopback):
+                raise BrokerError("unauthenticated", "no token, and no way to log in from here "
+                                  f"to {self.url}: install munge, or set BROKER_TOKEN to a token "
+                                  "from your admin")
+            res = self.request("POST", "/v1/login", auth=False)
+        uid = res.get("principal", {}).get("uid")
+        if hasattr(os, "getuid") and uid is not None and uid != os.getuid():
+            raise BrokerError("unauthenticated", "the broker logged this connection in as "
+                              f"{res['principal'].get('name')} (uid {uid}), not as you (uid "
+                              f"{os.getuid()}): is something relaying your connection?")
+        cached_in = None
+        if cache:
+            path = _credential_files()[0]
+            try:
+                data = _read_json_file(path) or {}
+                data["token"] = res["token"]
+                data["login"] = {"url": self.url, "expiresAt": res["expiresAt"],
+                                 "tokenId": res["tokenId"], "method": res["method"]}
+                _write_private_json(path, data)
+                cached_in = path
+            except (OSError, ValueError, BrokerError):
+                cached_in = None
+        self._token = res["token"]
+        self._login = {"url": self.url, "expiresAt": res["expiresAt"], "tokenId": res["tokenId"]}
+        self._logged_in_here = True
+        self._owner = None
+        out = {k: v for k, v in res.items() if k != "token"}
+        out["cachedIn"] = cached_in
+        return out
 
     def ssl_context(self):
         """A new client SSLContext trusting only the broker CA (TLS >= 1.2, host names checked).
@@ -250,11 +500,39 @@ class BrokerClient:
 
     # -- transport -----------------------------------------------------------------------------
 
-    def request(self, method, path, body=None, auth=True):
+    def request(self, method, path, body=None, auth=True, headers=None):
         """Send one API request; ``path`` starts with ``/v1/``. Returns the decoded JSON body (None
         for 204). Raises :class:`BrokerError`. Public as an escape hatch for routes without a
-        method here (e.g. ``/v1/principals``)."""
+        method here (e.g. ``/v1/principals``). With no token it logs in first, and when a cached
+        login's token is refused it logs in again and retries -- once (see :meth:`login`)."""
+        if not auth:
+            return self._send(method, path, body, False, headers)
+        if not self._token and self.auto_login:
+            self.login()
+        try:
+            return self._send(method, path, body, True, headers)
+        except BrokerError as e:
+            if (e.code != "unauthenticated" or not self.auto_login or self._relogged
+                    or not (self._login or self._logged_in_here)):
+                raise
+            self._relogged = True
+            self.login()
+            return self._send(method, path, body, True, headers)
+
+    def _send(self, method, path, body, auth, extra_headers):
+        """One request; on a refused connection the next of the site's broker URLs is tried
+        (nothing was sent)."""
+        try:
+            return self._send_once(method, path, body, auth, extra_headers)
+        except _Refused as e:
+            if self._url_index + 1 >= len(self._urls):
+                raise e.error from None
+            self._use(self._url_index + 1)
+            return self._send(method, path, body, auth, extra_headers)
+
+    def _send_once(self, method, path, body, auth, extra_headers):
         headers = {"Accept": "application/json", "User-Agent": f"broker-client-python/{__version__}"}
+        headers.update(extra_headers or {})
         if auth and self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         data = None
@@ -270,6 +548,9 @@ class BrokerClient:
         except ssl.SSLCertVerificationError as e:
             raise BrokerError("unreachable", f"TLS verification of {self.url} failed: "
                               f"{e.verify_message or e.reason}") from None
+        except ConnectionRefusedError as e:
+            raise _Refused(BrokerError("unreachable", f"cannot reach broker at {self.url}: "
+                                       f"{str(e) or type(e).__name__}")) from None
         except (OSError, http.client.HTTPException) as e:  # refused, timeout, TLS, reset, ...
             raise BrokerError("unreachable", f"cannot reach broker at {self.url}: "
                               f"{str(e) or type(e).__name__}") from None

@@ -85,6 +85,40 @@ export const DEFAULTS = Object.freeze({
   logFailuresPerSecond: 50,
   /** Log level for pino. */
   logLevel: 'info' as 'debug' | 'info' | 'warn' | 'error',
+  /**
+   * Identity the cluster already has (issue 12): who may log in as themselves, with a MUNGE
+   * credential or — on the broker host — as the owner of the connection, and what they become.
+   */
+  identity: Object.freeze({
+    /** `POST /v1/login` with `Authorization: MUNGE <credential>`. */
+    munge: Object.freeze({
+      enabled: false,
+      /** The site's decoder, spawned with the credential on stdin (no shell). */
+      unmunge: 'unmunge',
+      /** munged's socket (null: the decoder's default, /run/munge/munge.socket.2). */
+      socket: null as string | null,
+      /** Decodes at once at most; more wait (a slow munged never blocks the event loop). */
+      maxConcurrent: 8,
+      /** A decode that takes longer fails with identity_unavailable. */
+      timeoutMs: 2000,
+    }),
+    /** `POST /v1/login` with no credential over loopback: the kernel names the caller's UID. */
+    peer: Object.freeze({ enabled: true }),
+    /** Lowest UID that may log in (system accounts and root below). */
+    minUid: 1000,
+    /** Only these users / members of these groups may log in (empty: everyone else). */
+    allowUsers: [] as string[],
+    allowGroups: [] as string[],
+    /** Never these users / members of these groups. */
+    denyUsers: [] as string[],
+    denyGroups: [] as string[],
+    /** Members get the admin role; removed from them, a managed principal is demoted at login. */
+    adminGroups: [] as string[],
+    /** Lifetime of a user token a login issues. */
+    tokenTtlSeconds: 12 * 3600,
+    /** How long the host's answer for a user (NSS: name, groups) is reused. */
+    nssCacheSeconds: 60,
+  }),
 });
 
 const hostPort = z
@@ -146,6 +180,28 @@ export const ConfigSchema = z
     metricsUids: z.array(z.number().int().min(0)).max(64),
     logFailuresPerSecond: z.number().int().min(1),
     logLevel: z.enum(['debug', 'info', 'warn', 'error']),
+    identity: z
+      .object({
+        munge: z
+          .object({
+            enabled: z.boolean(),
+            unmunge: z.string().min(1).max(4096),
+            socket: z.string().min(1).max(4096).nullable(),
+            maxConcurrent: z.number().int().min(1).max(256),
+            timeoutMs: z.number().int().min(100).max(60_000),
+          })
+          .strict(),
+        peer: z.object({ enabled: z.boolean() }).strict(),
+        minUid: z.number().int().min(0),
+        allowUsers: z.array(z.string().regex(/^[a-z_][a-z0-9_.-]{0,31}$/)).max(10_000),
+        allowGroups: z.array(z.string().min(1).max(64)).max(10_000),
+        denyUsers: z.array(z.string().regex(/^[a-z_][a-z0-9_.-]{0,31}$/)).max(10_000),
+        denyGroups: z.array(z.string().min(1).max(64)).max(10_000),
+        adminGroups: z.array(z.string().min(1).max(64)).max(1000),
+        tokenTtlSeconds: seconds,
+        nssCacheSeconds: z.number().int().min(0).max(3600),
+      })
+      .strict(),
   })
   .strict();
 
@@ -202,7 +258,18 @@ export function loadConfig(opts: {
   const flags = Object.fromEntries(
     Object.entries(opts.flags ?? {}).filter(([, v]) => v !== undefined),
   );
-  const merged = { ...DEFAULTS, ...fromFile, ...fromEnv, ...flags };
+  // `identity` is merged a level deeper, so a site file may set just the keys it changes.
+  const fileIdentity = (fromFile.identity ?? {}) as Record<string, unknown>;
+  const identity =
+    typeof fileIdentity === 'object' && fileIdentity !== null && !Array.isArray(fileIdentity)
+      ? {
+          ...DEFAULTS.identity,
+          ...fileIdentity,
+          munge: { ...DEFAULTS.identity.munge, ...(fileIdentity.munge as object) },
+          peer: { ...DEFAULTS.identity.peer, ...(fileIdentity.peer as object) },
+        }
+      : fileIdentity;
+  const merged = { ...DEFAULTS, ...fromFile, ...fromEnv, ...flags, identity };
   const parsed = ConfigSchema.safeParse(merged);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;

@@ -2,6 +2,7 @@
  * The composition root: createBroker() wires config, state dir, store, CA, audit, domain services
  * and the HTTPS API. Nothing is a module-level singleton; the clock and logger are injected.
  */
+import { BrokerError } from '../protocol/errors.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import type { Logger } from 'pino';
@@ -9,6 +10,9 @@ import { createLogger } from './logger.js';
 import { PRINCIPAL_RE } from '../protocol/names.js';
 import { AuditLog } from './audit.js';
 import { Authenticator, PrincipalCache } from './auth.js';
+import { LoginService } from './identity/login.js';
+import { MungeDecoder } from './identity/munge.js';
+import { NssDirectory } from './identity/nss.js';
 import { ChangeFeed } from './changes.js';
 import { checkCsr } from './ca/csr.js';
 import { LocalCA, type CaNameConstraints } from './ca/local-ca.js';
@@ -82,6 +86,14 @@ export interface Broker {
   readonly caCertPem: string;
   /** Stop accepting, drain in-flight requests (up to `graceMs`), flush and close. */
   close(graceMs?: number): Promise<void>;
+}
+
+function safeUserName(): string | null {
+  try {
+    return userInfo().username;
+  } catch {
+    return null;
+  }
 }
 
 /** The bootstrap admin: the Unix user's name when it is a valid principal name, else `admin`. */
@@ -228,6 +240,29 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       changes,
     });
     const auth = new Authenticator(store, clock, changes);
+    // Identity the cluster already has (issue 12): MUNGE credentials, and the owner of a loopback
+    // connection; both through the host's NSS and the site policy.
+    const idc = config.identity;
+    const login = new LoginService({
+      store,
+      clock,
+      audit,
+      config,
+      changes,
+      munge: idc.munge.enabled ? new MungeDecoder(idc.munge) : null,
+      nss: new NssDirectory(idc.nssCacheSeconds),
+      peers,
+      failures: new FailureLimiter(
+        {
+          maxFailures: 30,
+          windowMs: 60_000,
+          baseBlockMs: 10_000,
+          maxBlockMs: 900_000,
+          maxEntries: config.limiterMaxEntries,
+        },
+        clock,
+      ),
+    });
 
     // DUR-4: reverse tunnels died with the previous process; their servers reattach.
     for (const s of store.markTunnelsOffline()) {
@@ -312,6 +347,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
       registry,
       keys,
       principals,
+      login,
       auth,
       store,
       caCertPem: ca.caCertPem,
@@ -329,6 +365,13 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
           nativeCrypto: sshNativeCrypto(),
         },
         ports: { range: config.portRange, protected: protectedPorts },
+        // How clients may log in as the Unix user they are; `uid` restricts a MUNGE credential
+        // to this broker (munge -u UID) so nobody else can decode and replay it.
+        identity: {
+          munge: idc.munge.enabled,
+          peer: idc.peer.enabled,
+          uid: process.getuid?.() ?? null,
+        },
       }),
       flushAudit: () => audit.flush(),
     });
@@ -471,7 +514,18 @@ function bootstrapCredentials(d: {
     if (!admin || !d.store.getPrincipal(admin)) {
       admin = bootstrapAdminName();
       if (d.store.getPrincipal(admin)) admin = 'admin';
-      const created = d.principals.create(null, admin, 'admin', null);
+      // Named after the Unix user who runs the broker, it is that user (its UID), so logging in
+      // as that user later (MUNGE, same host) reaches the same principal.
+      const ownName = admin !== 'admin' || safeUserName() === 'admin';
+      const uid = ownName ? (process.getuid?.() ?? null) : null;
+      let created;
+      try {
+        created = d.principals.create(null, admin, 'admin', null, uid);
+      } catch (err) {
+        // The UID is bound to another principal already (an admin did so): leave this unbound.
+        if (!(err instanceof BrokerError) || err.code !== 'name_taken' || uid === null) throw err;
+        created = d.principals.create(null, admin, 'admin', null, null);
+      }
       d.store.setMeta('bootstrap_admin', admin);
       d.store.setMeta('bootstrap_token_id', created.tokenId);
       token = created.token;

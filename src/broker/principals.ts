@@ -34,6 +34,37 @@ export interface PrincipalDeps {
   changes: ChangeFeed;
 }
 
+/**
+ * A new user token (`bku_…`) and its row. `parent` is the creating credential when a principal
+ * makes a token for itself: the new one ends no later than it and is revoked with it (SES-2). A
+ * token an admin makes for someone else, or a login issues, is an enrolment, not a derivation,
+ * and stands on its own.
+ */
+export function newUserToken(
+  now: number,
+  principal: string,
+  label: string | null,
+  ttlSeconds?: number,
+  parent?: { id: string; expiresAt: number | null },
+): { token: string; row: TokenRow } {
+  const token = newSecret('user');
+  const own = ttlSeconds ? now + ttlSeconds * 1000 : null;
+  const cap = parent?.expiresAt ?? null;
+  return {
+    token,
+    row: {
+      id: newId('tok'),
+      hash: hashSecret(token),
+      principal,
+      label,
+      createdAt: now,
+      expiresAt: own === null ? cap : cap === null ? own : Math.min(own, cap),
+      revokedAt: null,
+      parentId: parent?.id ?? null,
+    },
+  };
+}
+
 export function requireAdmin(id: Identity): void {
   if (id.kind !== 'principal' || id.principal.role !== 'admin')
     throw new BrokerError('forbidden', 'this needs an admin token');
@@ -42,45 +73,24 @@ export function requireAdmin(id: Identity): void {
 export class PrincipalAdmin {
   constructor(private readonly d: PrincipalDeps) {}
 
-  /**
-   * A new user token. `parent` is the creating credential when a principal makes a token for
-   * itself: the new one ends no later than it and is revoked with it (SES-2). A token an admin
-   * makes for someone else is an enrolment, not a derivation, and stands on its own.
-   */
-  private newToken(
-    principal: string,
-    label: string | null,
-    ttlSeconds?: number,
-    parent?: { id: string; expiresAt: number | null },
-  ): { token: string; row: TokenRow } {
-    const now = this.d.clock.now();
-    const token = newSecret('user');
-    const own = ttlSeconds ? now + ttlSeconds * 1000 : null;
-    const cap = parent?.expiresAt ?? null;
-    return {
-      token,
-      row: {
-        id: newId('tok'),
-        hash: hashSecret(token),
-        principal,
-        label,
-        createdAt: now,
-        expiresAt: own === null ? cap : cap === null ? own : Math.min(own, cap),
-        revokedAt: null,
-        parentId: parent?.id ?? null,
-      },
-    };
-  }
-
   /** Create a principal with a first token (used by the API and by first start). */
   create(
     actor: string | null,
     name: string,
     role: Role,
     source: string | null,
+    uid: number | null = null,
   ): { principal: Principal; token: string; tokenId: string } {
-    const { token, row } = this.newToken(name, 'initial', undefined);
-    const p = { name, role, disabled: false, createdAt: this.d.clock.now() };
+    const { token, row } = newUserToken(this.d.clock.now(), name, 'initial', undefined);
+    const p = {
+      name,
+      role,
+      disabled: false,
+      createdAt: this.d.clock.now(),
+      uid,
+      groups: null,
+      managed: false,
+    };
     this.d.store.createPrincipal(p, row);
     this.d.audit.record({
       actor,
@@ -88,7 +98,7 @@ export class PrincipalAdmin {
       target: name,
       outcome: 'ok',
       source,
-      details: { role },
+      details: uid === null ? { role } : { role, uid },
     });
     return { principal: principalJson(p), token, tokenId: row.id };
   }
@@ -108,7 +118,7 @@ export class PrincipalAdmin {
   update(
     id: Identity,
     name: string,
-    patch: { role?: Role; disabled?: boolean },
+    patch: { role?: Role; disabled?: boolean; uid?: number | null },
     source: string,
   ): Principal {
     requireAdmin(id);
@@ -194,7 +204,8 @@ export class PrincipalAdmin {
     this.requireManaged(id, principal);
     const minting = mintingToken(id);
     const self = id.kind === 'principal' && id.principal.name === principal && minting !== null;
-    const { token, row } = this.newToken(
+    const { token, row } = newUserToken(
+      this.d.clock.now(),
       principal,
       req.label ?? null,
       req.ttlSeconds,

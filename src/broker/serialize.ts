@@ -33,7 +33,15 @@ export function serviceJson(s: ServiceRow): Service {
 }
 
 export function principalJson(p: PrincipalRow): Principal {
-  return { name: p.name, role: p.role, disabled: p.disabled, createdAt: iso(p.createdAt) };
+  return {
+    name: p.name,
+    role: p.role,
+    disabled: p.disabled,
+    createdAt: iso(p.createdAt),
+    uid: p.uid,
+    groups: p.groups ? [...p.groups] : null,
+    managed: p.managed,
+  };
 }
 
 export function tokenJson(t: TokenRow): TokenInfo {

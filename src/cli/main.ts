@@ -25,6 +25,7 @@ const MODULES: Record<string, () => Promise<CommandModule>> = {
   cert: () => import('./commands/cert.js'),
   run: () => import('./commands/run.js'),
   backup: () => import('./commands/backup.js'),
+  identity: () => import('./commands/identity.js'),
 };
 const MODULE_OF: Record<string, string> = {
   serve: 'serve',
@@ -48,6 +49,10 @@ const MODULE_OF: Record<string, string> = {
   run: 'run',
   backup: 'backup',
   restore: 'backup',
+  login: 'identity',
+  logout: 'identity',
+  whoami: 'identity',
+  'site-config': 'identity',
 };
 
 /** Wraps a command body: its return value is the exit code; errors print one line. */
@@ -88,8 +93,11 @@ The four verbs:
   server side   broker verify viz  (key on stdin)         → exit 0 valid, 1 invalid
 
 Credentials, each of URL, token and CA on its own, first hit wins: env BROKER_URL, BROKER_TOKEN,
-BROKER_CA (a path), ~/.config/broker/credentials.json (0600), then the local daemon's
-<state dir>/credentials.json. Secrets are never options (a command line is visible to every user).
+BROKER_CA (a path), ~/.config/broker/credentials.json (0600), the local daemon's
+<state dir>/credentials.json, then the site's /etc/broker/client.json (BROKER_CLIENT_CONFIG).
+With no token, commands log in as your Unix user (MUNGE, or on the broker host your connection)
+and cache the token (broker login / broker logout).
+Secrets are never options (a command line is visible to every user).
 Exit codes: 0 ok, 1 negative answer, 2 usage error, 3 broker unreachable or TLS failure.`,
     );
   const only = MODULE_OF[argv[0] ?? ''];

@@ -88,8 +88,27 @@ export function printJson(io: Io, value: unknown): void {
 }
 
 /** A client using discovery with this process's environment. */
-export function client(io: Io, token?: string): BrokerClient {
-  return new BrokerClient({ env: io.env, token });
+/**
+ * A client with the shared discovery. It logs in on its own when it has no token (issue 12) and
+ * says so on a TTY's stderr (scripts see nothing extra), unless `autoLogin: false`.
+ */
+export function client(
+  io: Io,
+  token?: string,
+  opts: { autoLogin?: boolean; quiet?: boolean } = {},
+): BrokerClient {
+  return new BrokerClient({
+    env: io.env,
+    token,
+    ...(opts.autoLogin === false ? { autoLogin: false } : {}),
+    onLogin: (l) => {
+      if (!opts.quiet && io.stderr.isTTY)
+        io.stderr.write(
+          `broker: logged in as ${l.principal} (${l.method}), token valid until ${l.expiresAt}` +
+            (l.cachedIn ? `, cached in ${l.cachedIn}\n` : '\n'),
+        );
+    },
+  });
 }
 
 /** Read all of stdin (for keys: never on the command line). */

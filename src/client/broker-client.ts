@@ -6,6 +6,7 @@
 import { request as httpsRequest, Agent } from 'node:https';
 import { lookup as dnsLookup } from 'node:dns';
 import { checkServerIdentity } from 'node:tls';
+import { X509Certificate } from 'node:crypto';
 import { BrokerError, isErrorCode } from '../protocol/errors.js';
 import { parseServiceRef, serviceHostname, type ServiceRef } from '../protocol/names.js';
 import type {
@@ -14,6 +15,7 @@ import type {
   Health,
   LoadRequest,
   LoadResponse,
+  LoginResponse,
   Principal,
   QueryResponse,
   RegisterRequest,
@@ -25,10 +27,25 @@ import type {
   WhoAmI,
 } from '../protocol/types.js';
 import { discoverCredentials, type Credentials, type DiscoverOptions } from './credentials.js';
+import { cacheLogin, loginAsUnixUser, type LoginMethod } from './login.js';
 
 export interface BrokerClientOptions extends DiscoverOptions {
   /** Per-request timeout. */
   timeoutMs?: number;
+  /**
+   * Log in as the Unix user this process runs as when there is no token, or the one a login
+   * cached has expired or was revoked (MUNGE, or on the broker host the connection itself), and
+   * cache the new token in the user's credentials file (issue 12). Once per need: a second
+   * refusal is an error, never a loop. Default: on, unless `token` is given.
+   */
+  autoLogin?: boolean;
+  /** Called after a login (automatic or {@link BrokerClient.login}), e.g. to tell a TTY user. */
+  onLogin?: (info: {
+    principal: string;
+    method: string;
+    expiresAt: string;
+    cachedIn: string | null;
+  }) => void;
 }
 
 export interface SshKeyInfo {
@@ -81,6 +98,11 @@ export class BrokerClient {
   private readonly agent: Agent | undefined;
   private readonly timeoutMs: number;
   private who: Promise<WhoAmI> | null = null;
+  private readonly env: NodeJS.ProcessEnv;
+  private readonly autoLogin: boolean;
+  private readonly onLogin: BrokerClientOptions['onLogin'];
+  /** The login in flight or done for the current need (shared by concurrent requests). */
+  private loggingIn: Promise<void> | null = null;
 
   /**
    * Discovers url, token and CA (DESIGN §3) for whatever `opts` leaves out.
@@ -89,6 +111,9 @@ export class BrokerClient {
    */
   constructor(opts: BrokerClientOptions = {}) {
     this.credentials = discoverCredentials(opts);
+    this.env = opts.env ?? process.env;
+    this.autoLogin = opts.autoLogin ?? opts.token === undefined;
+    this.onLogin = opts.onLogin;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.agent = this.credentials.ca
       ? // Within one user's share of the broker's connections (128): a busy gate queues its
@@ -156,20 +181,108 @@ export class BrokerClient {
     this.agent?.destroy();
   }
 
-  /** Low-level request; `path` starts with /v1. Public so tools can reach routes without a wrapper. */
+  /**
+   * Low-level request; `path` starts with /v1. Public so tools can reach routes without a
+   * wrapper. With no token, or a cached login's token the broker refuses, it logs in once (see
+   * {@link BrokerClientOptions.autoLogin}) and retries once.
+   */
   async request<T>(
     method: string,
     path: string,
     body?: unknown,
-    opts: { auth?: boolean; raw?: boolean } = {},
+    opts: { auth?: boolean; raw?: boolean; headers?: Record<string, string> } = {},
+  ): Promise<T> {
+    if (opts.auth === false) return this.send<T>(method, path, body, opts);
+    if (!this.credentials.token && this.autoLogin) await this.loginOnce();
+    const used = this.credentials.token;
+    try {
+      return await this.send<T>(method, path, body, opts);
+    } catch (err) {
+      // A token a login cached may have expired or been revoked: log in again, once. A token
+      // given by hand is the user's to replace; it is never swapped silently.
+      const relogin =
+        err instanceof BrokerError &&
+        err.code === 'unauthenticated' &&
+        this.autoLogin &&
+        (this.credentials.login !== undefined || this.loggedInHere) &&
+        !this.retried;
+      if (!relogin) throw err;
+      this.retried = true;
+      if (this.credentials.token === used) this.loggingIn = null;
+      await this.loginOnce();
+      return this.send<T>(method, path, body, opts);
+    }
+  }
+
+  private loggedInHere = false;
+  private retried = false;
+
+  private loginOnce(): Promise<void> {
+    this.loggingIn ??= this.login().then(() => undefined);
+    this.loggingIn.catch(() => (this.loggingIn = null));
+    return this.loggingIn;
+  }
+
+  /**
+   * Log in as the Unix user this process runs as (MUNGE, or on the broker host the connection)
+   * and use the token from now on; it is cached in the user's credentials file unless
+   * `cache: false` (a cache that cannot be written is skipped: the token still serves this
+   * client).
+   * @throws BrokerError as {@link loginAsUnixUser}.
+   */
+  async login(
+    opts: { method?: LoginMethod; cache?: boolean } = {},
+  ): Promise<LoginResponse & { cachedIn: string | null }> {
+    const res = await loginAsUnixUser(
+      {
+        url: this.url ?? '',
+        health: () => this.health(),
+        request: (m, p, b, o) => this.send(m, p, b, o),
+      },
+      { ...opts, env: this.env },
+    );
+    let cachedIn: string | null = null;
+    if (opts.cache !== false) {
+      try {
+        cachedIn = cacheLogin(this.credentials.userFile, this.url!, res);
+      } catch {
+        cachedIn = null;
+      }
+    }
+    this.credentials.token = res.token;
+    this.credentials.sources.token = `login (${res.method})`;
+    this.credentials.login = {
+      url: this.url!,
+      expiresAt: res.expiresAt,
+      tokenId: res.tokenId,
+      method: res.method,
+    };
+    this.loggedInHere = true;
+    this.who = null;
+    this.onLogin?.({
+      principal: res.principal.name,
+      method: res.method,
+      expiresAt: res.expiresAt,
+      cachedIn,
+    });
+    return { ...res, cachedIn };
+  }
+
+  /** One request to the broker URLs in order: the next one only when one refuses connections. */
+  private async send<T>(
+    method: string,
+    path: string,
+    body: unknown,
+    opts: { auth?: boolean; raw?: boolean; headers?: Record<string, string> },
   ): Promise<T> {
     const { url, token, ca } = this.credentials;
     if (!url) {
       throw new BrokerError(
         'unreachable',
-        'no broker URL: set BROKER_URL, write ~/.config/broker/credentials.json, or start `broker serve`',
+        'no broker URL: set BROKER_URL, ask your admin for the site client config (/etc/broker/client.json), or start `broker serve`',
       );
     }
+    if ((!ca || !this.agent) && this.credentials.caProblem) throw this.credentials.caProblem;
     if (!ca || !this.agent) {
       throw new BrokerError(
         'unreachable',
@@ -179,12 +292,33 @@ export class BrokerClient {
     if (opts.auth !== false && !token) {
       throw new BrokerError(
         'unauthenticated',
-        'no token: set BROKER_TOKEN or write ~/.config/broker/credentials.json',
+        'no token: run "broker login", set BROKER_TOKEN, or write ~/.config/broker/credentials.json',
       );
     }
+    try {
+      return await this.sendTo<T>(url, method, path, body, opts);
+    } catch (err) {
+      // Nothing was sent to a broker that refused the connection: the next replica may answer.
+      const urls = this.credentials.urls;
+      const next = urls[urls.indexOf(url) + 1];
+      const code = ((err as BrokerError).cause as NodeJS.ErrnoException | undefined)?.code;
+      if (next === undefined || urls.indexOf(url) < 0 || !FAILOVER_CODES.has(code ?? '')) throw err;
+      this.credentials.url = next;
+      return this.send<T>(method, path, body, opts);
+    }
+  }
+
+  private sendTo<T>(
+    url: string,
+    method: string,
+    path: string,
+    body: unknown,
+    opts: { auth?: boolean; raw?: boolean; headers?: Record<string, string> },
+  ): Promise<T> {
+    const { token } = this.credentials;
     const target = new URL(path, url);
     const payload = body === undefined ? undefined : JSON.stringify(body);
-    const headers: Record<string, string> = { Accept: 'application/json' };
+    const headers: Record<string, string> = { Accept: 'application/json', ...opts.headers };
     if (opts.auth !== false) headers.Authorization = `Bearer ${token}`;
     if (payload !== undefined) {
       headers['Content-Type'] = 'application/json';
@@ -226,7 +360,9 @@ export class BrokerClient {
         },
       );
       req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
-      req.on('error', (err: NodeJS.ErrnoException) => reject(transportError(url, err)));
+      req.on('error', (err: NodeJS.ErrnoException) =>
+        reject(transportError(url, err, this.credentials.sources.ca)),
+      );
       req.end(payload);
     });
   }
@@ -270,6 +406,69 @@ export class BrokerClient {
   /** The CA certificate PEM as the broker serves it. */
   caPem(): Promise<string> {
     return this.request('GET', '/v1/ca', undefined, { auth: false, raw: true });
+  }
+
+  /**
+   * The broker's CA as it serves it, fetched *without* checking the broker's certificate, for
+   * `broker ca` when nothing — or another CA — is pinned: compare `fingerprint` (SHA-256, as
+   * `openssl x509 -fingerprint -sha256` prints it) with the one your admin published before
+   * trusting it. `pinned` says how it compares with the CA discovery found.
+   * @throws BrokerError `unreachable` when the broker does not answer.
+   */
+  async caUnverified(): Promise<{
+    pem: string;
+    fingerprint: string;
+    pinned: 'same' | 'different' | 'none';
+    pinnedFingerprint: string | null;
+  }> {
+    const url = this.url;
+    if (!url)
+      throw new BrokerError(
+        'unreachable',
+        'no broker URL: set BROKER_URL, or ask your admin for the site client config (/etc/broker/client.json)',
+      );
+    const pem = await new Promise<string>((resolve, reject) => {
+      const req = httpsRequest(
+        new URL('/v1/ca', url),
+        { method: 'GET', rejectUnauthorized: false, agent: false, timeout: this.timeoutMs },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            res.statusCode === 200
+              ? resolve(Buffer.concat(chunks).toString('utf8'))
+              : reject(
+                  new BrokerError('unreachable', `${url} answered ${res.statusCode} for /v1/ca`),
+                ),
+          );
+          res.on('error', (err) => reject(transportError(url, err)));
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
+      req.on('error', (err: NodeJS.ErrnoException) => reject(transportError(url, err)));
+      req.end();
+    });
+    const fp = (p: string) => {
+      try {
+        return new X509Certificate(p).fingerprint256;
+      } catch {
+        return null;
+      }
+    };
+    const fingerprint = fp(pem);
+    if (!fingerprint) throw new BrokerError('internal', `${url}/v1/ca is not a PEM certificate`);
+    const pinnedFingerprint = this.credentials.ca ? fp(this.credentials.ca) : null;
+    return {
+      pem,
+      fingerprint,
+      pinned:
+        pinnedFingerprint === null
+          ? 'none'
+          : pinnedFingerprint === fingerprint
+            ? 'same'
+            : 'different',
+      pinnedFingerprint,
+    };
   }
 
   whoami(): Promise<WhoAmI> {
@@ -390,16 +589,22 @@ export class BrokerClient {
     return (await this.request<{ principals: Principal[] }>('GET', '/v1/principals')).principals;
   }
 
+  /** Create a principal; `uid` binds it to that Unix user (its MUNGE or same-host logins). */
   createPrincipal(
     name: string,
     role: Role = 'user',
+    uid?: number,
   ): Promise<{ principal: Principal; token: string }> {
-    return this.request('POST', '/v1/principals', { name, role });
+    return this.request('POST', '/v1/principals', {
+      name,
+      role,
+      ...(uid === undefined ? {} : { uid }),
+    });
   }
 
   async updatePrincipal(
     name: string,
-    patch: { role?: Role; disabled?: boolean },
+    patch: { role?: Role; disabled?: boolean; uid?: number | null },
   ): Promise<Principal> {
     return (
       await this.request<{ principal: Principal }>(
@@ -502,12 +707,22 @@ const TLS_CODES = new Set([
   'ERR_TLS_CERT_ALTNAME_INVALID',
 ]);
 
-function transportError(url: string, err: NodeJS.ErrnoException): BrokerError {
+/** Connection errors that happen before anything is sent: safe to try the next broker URL. */
+const FAILOVER_CODES = new Set([
+  'ECONNREFUSED',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+
+function transportError(url: string, err: NodeJS.ErrnoException, caSource?: string): BrokerError {
   const code = err.code ?? '';
   let hint = 'is `broker serve` running, and is BROKER_URL right?';
   if (TLS_CODES.has(code))
     hint =
-      'the broker certificate does not match the pinned CA; fetch the right one with `broker ca`';
+      `the broker's certificate is not signed by the CA pinned by ${caSource ?? 'your credentials'}; ` +
+      'if the broker has a new CA, compare "broker ca --fingerprint" with what your admin published, then update that file';
   return new BrokerError('unreachable', `cannot reach ${url} (${code || err.message}): ${hint}`, {
     cause: err,
   });

@@ -297,3 +297,48 @@ export function readPrivateFile(path: string): string | null {
     closeSync(fd);
   }
 }
+
+/**
+ * Read a file that is public but must not be someone else's choice — the site client config
+ * (`/etc/broker/client.json`) or a CA certificate it names, which decide which broker a user
+ * trusts. Like OpenSSH's check of `~/.ssh/config` and `known_hosts`, plus the `safe_path()` walk:
+ * the file must be owned by the caller or root and writable by nobody else, and its directory
+ * and every ancestor must pass {@link checkSafeDirectory} (a sticky directory such as /tmp is
+ * fine, the file in it being the caller's or root's). Checks apply to the opened file (`fstat`).
+ *
+ * @returns the content (UTF-8), or null when the file does not exist.
+ * @throws BrokerError `insecure_path` naming the file or directory and the fix.
+ */
+export function readTrustedFile(path: string): string | null {
+  const abs = resolve(path);
+  let fd: number;
+  try {
+    fd = openSync(abs, constants.O_RDONLY | constants.O_NOCTTY | constants.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    throw insecure(`cannot read ${abs}: ${(err as Error).message}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw insecure(`${abs} is not a regular file`);
+    const uid = callerUid();
+    if (uid !== undefined) {
+      if (st.uid !== uid && st.uid !== 0)
+        throw insecure(
+          `${abs} is owned by uid ${st.uid}, not by you (uid ${uid}) or root: its owner could ` +
+            `point you at a broker of their choosing; use a file of your own or the site's`,
+        );
+      if ((st.mode & 0o022) !== 0)
+        throw insecure(
+          `${abs} is writable by ${who(st.mode, 0o022)} (mode ${octal(st.mode)}): anyone who ` +
+            `can write it chooses which broker you trust; ` +
+            (st.uid === uid ? `run: chmod go-w ${abs}` : 'ask its owner to run chmod go-w'),
+        );
+      safeDirectory(dirname(realpathSync(abs)), true);
+    }
+    return readFileSync(fd, 'utf8');
+  } finally {
+    closeSync(fd);
+  }
+}

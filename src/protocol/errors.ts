@@ -23,7 +23,10 @@ export const ERROR_CATALOGUE = {
   principal_not_found: { status: 404, summary: 'No such principal.' },
   token_not_found: { status: 404, summary: 'No such token id.' },
   method_not_allowed: { status: 405, summary: 'The route exists but not with this method.' },
-  name_taken: { status: 409, summary: 'A live service or principal already has this name.' },
+  name_taken: {
+    status: 409,
+    summary: 'A live service or principal already has this name, or another principal this UID.',
+  },
   service_not_ready: {
     status: 409,
     summary: 'The service is registered but not ready (pending or offline).',
@@ -53,6 +56,11 @@ export const ERROR_CATALOGUE = {
   port_range_exhausted: {
     status: 503,
     summary: 'Every port in the configured range is taken or cooling down.',
+  },
+  identity_unavailable: {
+    status: 503,
+    summary:
+      'The broker cannot check who you are right now: munged or unmunge is not answering on the broker host, or that way of logging in is off.',
   },
   unreachable: {
     status: 0,

@@ -104,6 +104,22 @@ export interface Principal {
   role: Role;
   disabled: boolean;
   createdAt: string;
+  /** The Unix user it is, when bound to one (a login, or an admin set it). */
+  uid: number | null;
+  /** Its Unix groups as the broker host's NSS reported them at its last login. */
+  groups: string[] | null;
+  /** Created by site policy at a login; its role follows the site's admin groups. */
+  managed: boolean;
+}
+
+/** What `POST /v1/login` answers: a user token (`bku_…`), shown once, and who it is for. */
+export interface LoginResponse {
+  token: string;
+  tokenId: string;
+  expiresAt: string;
+  principal: Principal;
+  /** How the caller was identified. */
+  method: 'munge' | 'peer';
 }
 
 export interface TokenInfo {
@@ -120,8 +136,10 @@ export interface CreateTokenResponse {
   tokenInfo: TokenInfo;
 }
 
-export type WhoAmI =
-  { kind: 'principal'; principal: Principal } | { kind: 'service'; service: Service };
+/** `GET /v1/whoami`: who the token is for, and the token itself (id, expiry; never the secret). */
+export type WhoAmI = (
+  { kind: 'principal'; principal: Principal } | { kind: 'service'; service: Service }
+) & { token?: { id: string; expiresAt: string | null } };
 
 export interface Health {
   status: 'ok';
@@ -140,6 +158,12 @@ export interface Health {
    * the broker restarts, SECURITY.md LOC-4).
    */
   ports?: { range: string; protected: boolean };
+  /**
+   * How a client may log in as the Unix user it runs as (`POST /v1/login`): with a MUNGE
+   * credential, and/or on the broker host by its connection alone. `uid` is the broker's own
+   * UID, to restrict a credential to it (`munge -n -u UID`) so no one else can decode it.
+   */
+  identity?: { munge: boolean; peer: boolean; uid: number | null };
 }
 
 export interface AuditEvent {

@@ -17,6 +17,7 @@ import {
   type RequestMeta,
 } from './respond.js';
 import type { AppDeps, Route } from './route.js';
+import { identityRoutes } from './routes/identity.js';
 import { keyRoutes } from './routes/keys.js';
 import { metaRoutes } from './routes/meta.js';
 import { principalRoutes } from './routes/principals.js';
@@ -25,6 +26,7 @@ import { serviceRoutes } from './routes/services.js';
 /** Every route of the API, in one table. POST /v1/verify is also served by the fast path. */
 export const ROUTES: readonly Route[] = [
   ...metaRoutes,
+  ...identityRoutes,
   ...serviceRoutes,
   ...keyRoutes,
   ...principalRoutes,

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { Identity } from '../auth.js';
 import type { Authenticator } from '../auth.js';
 import type { KeyService } from '../keys.js';
+import type { LoginService } from '../identity/login.js';
 import type { PrincipalAdmin } from '../principals.js';
 import type { ServiceRegistry } from '../services.js';
 import type { Store } from '../store/store.js';
@@ -14,6 +15,7 @@ export interface AppDeps {
   registry: ServiceRegistry;
   keys: KeyService;
   principals: PrincipalAdmin;
+  login: LoginService;
   auth: Authenticator;
   store: Store;
   caCertPem: string;

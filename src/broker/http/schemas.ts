@@ -41,15 +41,29 @@ export const ClientCertBody = z.object({ csr: z.string().min(1).max(8192) }).str
 
 export const EmptyBody = z.object({}).strict();
 
+/** A Unix UID (uid_t; 2^32-1 is (uid_t)-1, never a user). */
+const unixUid = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 32 - 2);
+
 export const CreatePrincipalBody = z
   .object({
     name: z.string().regex(PRINCIPAL_RE, 'must match ^[a-z_][a-z0-9_.-]{0,31}$'),
     role: z.enum(['user', 'admin']).optional(),
+    /** The Unix user it is: a MUNGE or same-host login as that UID gets this principal. */
+    uid: unixUid.optional(),
   })
   .strict();
 
 export const UpdatePrincipalBody = z
-  .object({ role: z.enum(['user', 'admin']).optional(), disabled: z.boolean().optional() })
+  .object({
+    role: z.enum(['user', 'admin']).optional(),
+    disabled: z.boolean().optional(),
+    /** Bind the principal to a Unix user (its UID), or unbind it (null). */
+    uid: unixUid.nullable().optional(),
+  })
   .strict();
 
 export const CreateTokenBody = z

@@ -115,4 +115,17 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX client_certs_token ON client_certs(token_id) WHERE token_id IS NOT NULL;
   CREATE INDEX client_certs_expires ON client_certs(expires_at);
   `,
+  /* 4: identity the cluster already has (issue 12): Unix users, their groups, MUNGE replays */ `
+  -- A principal may be a Unix user: its UID (one principal per UID), its groups as the host's NSS
+  -- last reported them (a JSON array of names), and whether site policy manages it (created by
+  -- a login; its role follows the admin groups at each login).
+  ALTER TABLE principals ADD COLUMN uid INTEGER;
+  ALTER TABLE principals ADD COLUMN groups TEXT;
+  ALTER TABLE principals ADD COLUMN managed INTEGER NOT NULL DEFAULT 0 CHECK (managed IN (0, 1));
+  CREATE UNIQUE INDEX principals_uid ON principals(uid) WHERE uid IS NOT NULL;
+  -- Every MUNGE credential the broker accepted, by hash, until its TTL ends: a credential is
+  -- used once, whichever broker (or munged, after a restart) sees it again (ID-1).
+  CREATE TABLE munge_seen (hash BLOB PRIMARY KEY CHECK (length(hash) = 32), expires_at INTEGER NOT NULL) STRICT;
+  CREATE INDEX munge_seen_expires ON munge_seen(expires_at);
+  `,
 ];

@@ -16,6 +16,7 @@ import type {
   PortPolicy,
   PrincipalRow,
   Revocation,
+  UnixIdentity,
   ServiceQuery,
   ServiceRow,
   SshKeyRow,
@@ -30,6 +31,9 @@ const toPrincipal = (r: Row): PrincipalRow => ({
   role: r.role as PrincipalRow['role'],
   disabled: r.disabled === 1,
   createdAt: r.created_at as number,
+  uid: (r.uid as number | null) ?? null,
+  groups: r.groups ? (JSON.parse(r.groups as string) as string[]) : null,
+  managed: r.managed === 1,
 });
 
 const toToken = (r: Row): TokenRow => ({
@@ -157,8 +161,17 @@ export class SqliteStore implements Store {
         'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
       ),
       insPrincipal: d.prepare(
-        'INSERT INTO principals (name, role, disabled, created_at) VALUES (?, ?, ?, ?)',
+        'INSERT INTO principals (name, role, disabled, created_at, uid, groups, managed) VALUES (?, ?, ?, ?, ?, ?, ?)',
       ),
+      principalByUid: d.prepare('SELECT * FROM principals WHERE uid = ?'),
+      loginUpdate: d.prepare(
+        'UPDATE principals SET uid = @uid, groups = @groups, role = @role WHERE name = @name',
+      ),
+      seenCredential: d.prepare(
+        'INSERT INTO munge_seen (hash, expires_at) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING',
+      ),
+      dropSeen: d.prepare('DELETE FROM munge_seen WHERE expires_at <= ?'),
+      isSeen: d.prepare('SELECT 1 FROM munge_seen WHERE hash = ? AND expires_at > ?'),
       getPrincipal: d.prepare('SELECT * FROM principals WHERE name = ?'),
       listPrincipals: d.prepare('SELECT * FROM principals ORDER BY name'),
       delPrincipal: d.prepare('DELETE FROM principals WHERE name = ?'),
@@ -266,7 +279,15 @@ export class SqliteStore implements Store {
     this.db
       .transaction(() => {
         try {
-          this.stmts.insPrincipal.run(row.name, row.role, row.disabled ? 1 : 0, row.createdAt);
+          this.stmts.insPrincipal.run(
+            row.name,
+            row.role,
+            row.disabled ? 1 : 0,
+            row.createdAt,
+            row.uid,
+            row.groups ? JSON.stringify(row.groups) : null,
+            row.managed ? 1 : 0,
+          );
         } catch (err) {
           if (
             isUnique(err, 'principals.name') ||
@@ -274,11 +295,86 @@ export class SqliteStore implements Store {
           ) {
             throw new BrokerError('name_taken', `principal ${row.name} already exists`);
           }
+          if (isUnique(err, 'principals.uid'))
+            throw new BrokerError(
+              'name_taken',
+              `UID ${row.uid} is already bound to another principal`,
+            );
           throw err;
         }
         if (token) this.insertTokenRow(token);
       })
       .immediate();
+  }
+
+  recordLogin(
+    user: UnixIdentity,
+    token: TokenRow,
+    now: number,
+  ): { principal: PrincipalRow; created: boolean; roleChanged: boolean } {
+    return this.db
+      .transaction(() => {
+        const existing = this.getPrincipal(user.name);
+        const other = this.stmts.principalByUid.get(user.uid) as Row | undefined;
+        if (other && other.name !== user.name)
+          throw new BrokerError(
+            'forbidden',
+            `UID ${user.uid} is bound to principal ${String(other.name)}, not ${user.name}`,
+          );
+        if (existing?.disabled)
+          throw new BrokerError('forbidden', `principal ${user.name} is disabled`);
+        if (existing && existing.uid !== null && existing.uid !== user.uid)
+          throw new BrokerError(
+            'forbidden',
+            `principal ${user.name} belongs to UID ${existing.uid}, not ${user.uid}`,
+          );
+        // A principal made by hand is someone's only once an admin says whose (its UID): a Unix
+        // user who happens to share its name does not inherit it, its role or its services.
+        if (existing && existing.uid === null && !existing.managed)
+          throw new BrokerError(
+            'forbidden',
+            `principal ${user.name} was created by hand and is not bound to a Unix user; an admin can bind it: broker user set ${user.name} --uid ${user.uid}`,
+          );
+        let created = false;
+        let roleChanged = false;
+        if (!existing) {
+          this.stmts.insPrincipal.run(
+            user.name,
+            user.role,
+            0,
+            now,
+            user.uid,
+            JSON.stringify(user.groups),
+            1,
+          );
+          created = true;
+        } else {
+          const role = existing.managed ? user.role : existing.role;
+          roleChanged = role !== existing.role;
+          this.stmts.loginUpdate.run({
+            name: user.name,
+            uid: user.uid,
+            groups: JSON.stringify(user.groups),
+            role,
+          });
+        }
+        this.insertTokenRow(token);
+        return { principal: this.getPrincipal(user.name)!, created, roleChanged };
+      })
+      .immediate();
+  }
+
+  rememberCredential(hash: Buffer, expiresAt: number, now: number): boolean {
+    return this.db
+      .transaction(() => {
+        this.stmts.dropSeen.run(now);
+        return this.stmts.seenCredential.run(hash, expiresAt).changes > 0;
+      })
+      .immediate();
+  }
+
+  credentialSeen(hash: Buffer, now: number): boolean {
+    return this.stmts.isSeen.get(hash, now) !== undefined;
   }
 
   getPrincipal(name: string): PrincipalRow | null {
@@ -292,7 +388,7 @@ export class SqliteStore implements Store {
 
   updatePrincipal(
     name: string,
-    patch: Partial<Pick<PrincipalRow, 'role' | 'disabled'>>,
+    patch: Partial<Pick<PrincipalRow, 'role' | 'disabled' | 'uid'>>,
   ): PrincipalRow | null {
     return this.db
       .transaction(() => {
@@ -305,6 +401,16 @@ export class SqliteStore implements Store {
         if (patch.disabled !== undefined) {
           sets.push('disabled = ?');
           args.push(patch.disabled ? 1 : 0);
+        }
+        if (patch.uid !== undefined) {
+          sets.push('uid = ?');
+          args.push(patch.uid);
+          const other = this.stmts.principalByUid.get(patch.uid) as Row | undefined;
+          if (patch.uid !== null && other && other.name !== name)
+            throw new BrokerError(
+              'name_taken',
+              `UID ${patch.uid} is already bound to principal ${String(other.name)}`,
+            );
         }
         if (sets.length)
           this.db

@@ -17,6 +17,21 @@ export interface PrincipalRow {
   role: Role;
   disabled: boolean;
   createdAt: number;
+  /** The Unix user it is (null: not bound to one). */
+  uid: number | null;
+  /** Its Unix groups as NSS last reported them (null: never logged in as a Unix user). */
+  groups: string[] | null;
+  /** Created by site policy at a login: its role follows the admin groups at each login. */
+  managed: boolean;
+}
+
+/** What a login learned of a Unix user, for {@link Store.recordLogin}. */
+export interface UnixIdentity {
+  name: string;
+  uid: number;
+  groups: string[];
+  /** The role site policy gives it (applied to managed principals and new ones). */
+  role: Role;
 }
 
 export interface TokenRow {
@@ -150,11 +165,28 @@ export interface Store {
   setMeta(key: string, value: string): void;
 
   createPrincipal(row: PrincipalRow, token?: TokenRow): void;
+  /**
+   * A Unix user logged in: create its principal (managed) if there is none, else refresh its UID
+   * and groups (and, when managed, its role) — and insert `token` — in one transaction. Throws
+   * `forbidden` when the principal is disabled or bound to another UID.
+   */
+  recordLogin(
+    user: UnixIdentity,
+    token: TokenRow,
+    now: number,
+  ): { principal: PrincipalRow; created: boolean; roleChanged: boolean };
+  /**
+   * Remember a MUNGE credential by hash until `expiresAt`; false when it was seen before (a
+   * replay). Expired entries are dropped on the way.
+   */
+  rememberCredential(hash: Buffer, expiresAt: number, now: number): boolean;
+  /** Whether a MUNGE credential (by hash) was accepted before and has not expired. */
+  credentialSeen(hash: Buffer, now: number): boolean;
   getPrincipal(name: string): PrincipalRow | null;
   listPrincipals(): PrincipalRow[];
   updatePrincipal(
     name: string,
-    patch: Partial<Pick<PrincipalRow, 'role' | 'disabled'>>,
+    patch: Partial<Pick<PrincipalRow, 'role' | 'disabled' | 'uid'>>,
   ): PrincipalRow | null;
   /** Remove a principal, its tokens, keys and services (ports go to cool-down). */
   deletePrincipal(name: string, now: number, cooldownUntil: number): ServiceRow[] | null;

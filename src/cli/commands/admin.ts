@@ -2,7 +2,13 @@
 import type { Command } from 'commander';
 import type { Action } from '../main.js';
 import { readFileSync } from 'node:fs';
-import { client, parseDuration, printJson, readStdin } from '../util.js';
+import { client, parseDuration, printJson, readStdin, UsageError } from '../util.js';
+
+function parseUid(v: string): number {
+  if (!/^\d{1,10}$/.test(v) || Number(v) > 2 ** 32 - 2)
+    throw new UsageError(`--uid must be a numeric UID (got ${JSON.stringify(v).slice(0, 20)})`);
+  return Number(v);
+}
 
 export function define(program: Command, action: Action): void {
   const user = program
@@ -16,6 +22,7 @@ export function define(program: Command, action: Action): void {
     .command('add')
     .argument('<name>', 'principal name, like a Unix user name')
     .option('--admin', 'make it an admin')
+    .option('--uid <uid>', 'bind it to this Unix user: logging in as that UID reaches it')
     .option('--json', 'print {"principal", "token"}')
     .description('create a principal and its first token (shown once)')
     .addHelpText(
@@ -23,9 +30,13 @@ export function define(program: Command, action: Action): void {
       `\nExample:\n  broker user add alice   # hand the printed token to alice over a trusted channel`,
     )
     .action(
-      action(async (io, name: string, opts: { admin?: boolean; json?: boolean }) => {
+      action(async (io, name: string, opts: { admin?: boolean; uid?: string; json?: boolean }) => {
         const broker = client(io);
-        const res = await broker.createPrincipal(name, opts.admin ? 'admin' : 'user');
+        const res = await broker.createPrincipal(
+          name,
+          opts.admin ? 'admin' : 'user',
+          opts.uid === undefined ? undefined : parseUid(opts.uid),
+        );
         broker.close();
         if (opts.json) printJson(io, res);
         else
@@ -48,7 +59,9 @@ export function define(program: Command, action: Action): void {
         if (opts.json) printJson(io, { principals });
         else
           for (const p of principals)
-            io.stdout.write(`${p.name}\t${p.role}${p.disabled ? '\tdisabled' : ''}\n`);
+            io.stdout.write(
+              `${p.name}\t${p.role}\tuid=${p.uid ?? '-'}${p.managed ? '\tmanaged' : ''}${p.disabled ? '\tdisabled' : ''}\n`,
+            );
         return 0;
       }),
     );
@@ -85,6 +98,48 @@ export function define(program: Command, action: Action): void {
         }),
       );
   }
+
+  user
+    .command('set')
+    .argument('<name>')
+    .option('--uid <uid>', 'bind it to this Unix user (logging in as that UID reaches it)')
+    .option('--no-uid', 'unbind it from its Unix user')
+    .option('--role <role>', 'user or admin')
+    .option('--json', 'print {"principal"}')
+    .description("change a principal's Unix user (UID) or role")
+    .addHelpText(
+      'after',
+      `
+A principal created by hand is not anyone's login until it is bound: a Unix user who logs in
+(MUNGE, same host) with a matching name is refused until an admin binds the name to its UID.
+
+Examples:
+  broker user set alice --uid "$(id -u alice)"
+  broker user set bob --role admin`,
+    )
+    .action(
+      action(
+        async (io, name: string, opts: { uid?: string | false; role?: string; json?: boolean }) => {
+          const patch: { uid?: number | null; role?: 'user' | 'admin' } = {};
+          if (opts.uid === false) patch.uid = null;
+          else if (opts.uid !== undefined) patch.uid = parseUid(opts.uid);
+          if (opts.role !== undefined) {
+            if (opts.role !== 'user' && opts.role !== 'admin')
+              throw new UsageError('--role must be user or admin');
+            patch.role = opts.role;
+          }
+          if (Object.keys(patch).length === 0)
+            throw new UsageError('say what to change: --uid UID, --no-uid or --role ROLE');
+          const broker = client(io);
+          const principal = await broker.updatePrincipal(name, patch);
+          broker.close();
+          if (opts.json) printJson(io, { principal });
+          else
+            io.stdout.write(`${principal.name}: ${principal.role}, uid ${principal.uid ?? '-'}\n`);
+          return 0;
+        },
+      ),
+    );
 
   user
     .command('add-key')

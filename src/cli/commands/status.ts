@@ -33,15 +33,37 @@ export function define(program: Command, action: Action): void {
     .description('print the broker CA certificate (what clients pin)')
     .addHelpText(
       'after',
-      `\nExample:\n  broker ca --out ~/broker-ca.pem && export BROKER_CA=~/broker-ca.pem`,
+      `
+Works whatever is pinned: with no CA pinned (or another one) it prints the broker's CA with a
+warning and its fingerprint on stderr; compare that with what your admin published.
+
+Examples:
+  broker ca --out ~/broker-ca.pem && export BROKER_CA=~/broker-ca.pem
+  broker ca --fingerprint`,
     )
+    .option('--fingerprint', "print only the CA's SHA-256 fingerprint")
     .action(
-      action(async (io, opts: { out?: string }) => {
-        const broker = client(io);
-        const pem = await broker.caPem();
+      action(async (io, opts: { out?: string; fingerprint?: boolean }) => {
+        // Whatever is pinned — nothing, a CA file that is missing, another CA: the broker's CA
+        // is fetched without trusting it, then compared with the pin.
+        const broker = client(io, undefined, { autoLogin: false });
+        const ca = await broker.caUnverified();
         broker.close();
-        if (opts.out) writeFileSafely(opts.out, pem, 0o644);
-        else io.stdout.write(pem);
+        const pinSource = broker.credentials.sources.ca;
+        if (ca.pinned === 'different')
+          io.stderr.write(
+            `broker: WARNING: the broker at ${broker.url} has CA ${ca.fingerprint}, but ${pinSource} pins another CA (${ca.pinnedFingerprint}). ` +
+              `If your admin re-issued the CA, check this fingerprint with them, then replace the CA in ${pinSource}.\n`,
+          );
+        else if (ca.pinned === 'none')
+          io.stderr.write(
+            `broker: not verified: nothing pins a CA for ${broker.url} yet` +
+              (broker.credentials.caProblem ? ` (${broker.credentials.caProblem.message})` : '') +
+              `; its SHA-256 fingerprint is ${ca.fingerprint}: compare it with the one your admin published before you trust it\n`,
+          );
+        if (opts.fingerprint) io.stdout.write(`${ca.fingerprint}\n`);
+        else if (opts.out) writeFileSafely(opts.out, ca.pem, 0o644);
+        else io.stdout.write(ca.pem);
         return 0;
       }),
     );

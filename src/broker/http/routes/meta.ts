@@ -54,11 +54,18 @@ export const metaRoutes: Route[] = [
     auth: true,
     handler: ({ identity, query }) => {
       parse(NoParams, query, 'query');
+      if (identity.kind === 'service')
+        return { json: { kind: 'service', service: serviceJson(identity.service) } };
+      const exp = identity.tokenExpiresAt;
       return {
-        json:
-          identity.kind === 'principal'
-            ? { kind: 'principal', principal: principalJson(identity.principal) }
-            : { kind: 'service', service: serviceJson(identity.service) },
+        json: {
+          kind: 'principal',
+          principal: principalJson(identity.principal),
+          token: {
+            id: identity.tokenId,
+            expiresAt: exp === null ? null : new Date(exp).toISOString(),
+          },
+        },
       };
     },
   },

@@ -32,7 +32,13 @@ export const principalRoutes: Route[] = [
       const req = parse(CreatePrincipalBody, body, 'body');
       return {
         status: 201,
-        json: d.principals.create(actorOf(identity), req.name, req.role ?? 'user', source),
+        json: d.principals.create(
+          actorOf(identity),
+          req.name,
+          req.role ?? 'user',
+          source,
+          req.uid ?? null,
+        ),
       };
     },
   },
