@@ -16,10 +16,11 @@ import type { Readable, Writable } from 'node:stream';
 import { canonicalAddress, ServerUidLookup } from './socket-owner.js';
 
 /**
- * The helper. Request: `ID FAMILY OUR_ADDR OUR_PORT THEIR_ADDR THEIR_PORT`; answer: `ID UIDS`
- * (comma-separated) or `ID -` (no such socket). A socket not accepted yet (inode 0: its UID is 0
- * on older kernels) is answered with its listener's UID: the kernel's exact lookup falls back to
- * the listener of an address and port when no connection matches.
+ * The helper. Request: `ID MODE FAMILY OUR_ADDR OUR_PORT THEIR_ADDR THEIR_PORT`; answer:
+ * `ID UIDS` (comma-separated) or `ID -` (no such socket). MODE `s`: the other end is a server's
+ * socket; one not accepted yet (inode 0: its UID is 0 on older kernels) is answered with its
+ * listener's UID. MODE `p`: the other end is a client's, of a connection this process accepted;
+ * inode 0 there means its process closed it (an orphan), which nobody owns: answered `-`.
  */
 const HELPER = String.raw`
 import socket, struct, sys
@@ -50,7 +51,7 @@ print("ready", flush=True)
 for line in sys.stdin:
     ident = line.split(" ", 1)[0]
     try:
-        _, f, oa, op, ta, tp = line.split()
+        _, mode, f, oa, op, ta, tp = line.split()
         fam = socket.AF_INET if f == "4" else socket.AF_INET6
         ours, theirs = socket.inet_pton(fam, oa), socket.inet_pton(fam, ta)
         got = query(fam, theirs, int(tp), ours, int(op))
@@ -58,6 +59,8 @@ for line in sys.stdin:
         if got and got[0] not in (TCP_TIME_WAIT, TCP_LISTEN):
             if got[2] != 0:
                 answer = str(got[1])
+            elif mode == "p":
+                answer = "-"
             else:
                 lst = query(fam, theirs, int(tp), bytes(len(theirs)), 0)
                 if lst and lst[0] == TCP_LISTEN:
@@ -128,8 +131,11 @@ class SockDiagHelper {
     });
   }
 
-  /** The owners of the other end of `socket`; null when the kernel has no such socket. */
-  lookup(socket: ConnectedSocket): Promise<number[] | null> {
+  /**
+   * The owners of the other end of `socket`; null when the kernel has no such socket (or, with
+   * `peer`, when the client end has no owner left).
+   */
+  lookup(socket: ConnectedSocket, peer = false): Promise<number[] | null> {
     const { localAddress, localPort, remoteAddress, remotePort } = socket;
     if (!this.alive || !localAddress || !remoteAddress || !localPort || !remotePort)
       return Promise.resolve(null);
@@ -141,7 +147,9 @@ class SockDiagHelper {
     return new Promise((done) => {
       this.waiting.set(id, done);
       this.hold(true);
-      this.child!.stdin!.write(`${id} ${family} ${ours} ${localPort} ${theirs} ${remotePort}\n`);
+      this.child!.stdin!.write(
+        `${id} ${peer ? 'p' : 's'} ${family} ${ours} ${localPort} ${theirs} ${remotePort}\n`,
+      );
     });
   }
 
@@ -197,7 +205,11 @@ export class ServerOwners {
    * socket), or null: the same exact lookup, from the other side (LOC-5 attribution).
    */
   async peerUid(socket: ConnectedSocket): Promise<number | null> {
-    return (await this.lookup(socket))?.[0] ?? null;
+    if (this.helper.usable) {
+      const uids = await this.helper.lookup(socket, true);
+      if (uids) return uids[0] ?? null;
+    }
+    return (await this.proc.lookup(socket, true))?.[0] ?? null;
   }
 
   close(): void {

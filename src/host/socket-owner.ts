@@ -146,7 +146,8 @@ export async function peerUid(
       s.local.address === ta &&
       s.remote.address === oa
     )
-      return s.uid;
+      // Inode 0: its process closed it (an orphan still in the table): nobody owns it now.
+      return s.inode === 0 ? null : s.uid;
   }
   return null;
 }
@@ -208,7 +209,8 @@ export class PeerUidLookup {
       }
       const index = new Map<string, number>();
       for (const s of table)
-        if (s.state === 'ESTABLISHED')
+        // Inode 0: an orphan (its process closed it): nobody owns it now.
+        if (s.state === 'ESTABLISHED' && s.inode !== 0)
           index.set(
             `${s.local.address}|${s.local.port}|${s.remote.address}|${s.remote.port}`,
             s.uid,
@@ -241,7 +243,8 @@ const TCP_TIME_WAIT = '06';
 const WILDCARDS = new Set(['0.0.0.0', '::']);
 
 /**
- * Who owns the server end of a TCP connection this process made: the socket the listener on
+ * Who owns the server end of a TCP connection this process made (or, with `peer`, the client
+ * end of one it accepted, where inode 0 means unowned): the socket the listener on
  * `theirs` created for it, which the kernel lists with local = `theirs`, remote = `ours`. Its UID
  * is the listener's (on kernels where `sock_i_uid` reads `sk_uid`) or the accepting process's.
  * A socket not accepted yet (inode 0: a queued child, or SYN_RECV) is shown with UID 0 by older
@@ -253,6 +256,7 @@ export function serverUids(
   table: TcpSocketEntry[],
   ours: { address: string; port: number },
   theirs: { address: string; port: number },
+  opts: { peer?: boolean } = {},
 ): number[] | null {
   const oa = canonicalAddress(ours.address);
   const ta = canonicalAddress(theirs.address);
@@ -266,6 +270,10 @@ export function serverUids(
   );
   if (!peer) return null;
   if (peer.inode !== 0) return [peer.uid];
+  // The client end of a connection this process accepted, with no inode: its process closed it
+  // (an orphan still sending). Nobody owns it now; the listener rule does not apply — whoever
+  // listens on its port later is not who wrote into it (pen test 2, --inject-key).
+  if (opts.peer) return null;
   const listeners = table.filter(
     (s) =>
       s.state === 'LISTEN' &&
@@ -288,13 +296,17 @@ export class ServerUidLookup {
     socket: ConnectedSocket;
     tries: number;
     done: (u: number[] | null) => void;
+    peer: boolean;
   }[] = [];
   private reading = false;
 
-  /** The UIDs that may own the other end of `socket`, a connection this process made. */
-  lookup(socket: ConnectedSocket): Promise<number[] | null> {
+  /**
+   * The UIDs that may own the other end of `socket`, a connection this process made; with
+   * `peer`, the owner of the client end of one it accepted (never a listener's stand-in).
+   */
+  lookup(socket: ConnectedSocket, peer = false): Promise<number[] | null> {
     return new Promise((done) => {
-      this.waiting.push({ socket, tries: 0, done });
+      this.waiting.push({ socket, tries: 0, done, peer });
       if (!this.reading) void this.read();
     });
   }
@@ -320,8 +332,9 @@ export class ServerUidLookup {
           const ours = { address: localAddress, port: localPort };
           const theirs = { address: remoteAddress, port: remotePort };
           const v6 = isIP(remoteAddress) === 6;
-          found = serverUids(await table(v6 ? 6 : 4), ours, theirs);
-          if (!found && !v6) found = serverUids(await table(6), ours, theirs);
+          const o = { peer: w.peer };
+          found = serverUids(await table(v6 ? 6 : 4), ours, theirs, o);
+          if (!found && !v6) found = serverUids(await table(6), ours, theirs, o);
         }
         if (found || w.tries > 0) w.done(found);
         else retry.push({ ...w, tries: w.tries + 1 });

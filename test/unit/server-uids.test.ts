@@ -49,6 +49,16 @@ describe('serverUids', () => {
     ).toBeNull();
   });
 
+  it("fail/LOC-5 the client end of an accepted connection with inode 0 (its process closed it): no owner, never the listener's", () => {
+    // mallory bound the port before alice listened on it (SO_REUSEADDR), connected, wrote, closed.
+    const orphan = row(app, ours, 'ESTABLISHED', 1001, 0);
+    const alices = row(app, any, 'LISTEN', 1000, 7);
+    expect(serverUids([alices, orphan], ours, app, { peer: true })).toBeNull();
+    expect(
+      serverUids([alices, row(app, ours, 'ESTABLISHED', 1001, 9)], ours, app, { peer: true }),
+    ).toEqual([1001]);
+  });
+
   it('fail/not there, or only its TIME_WAIT remains (UID 0): no owner', () => {
     expect(serverUids([row(app, any, 'LISTEN', 1000, 7)], ours, app)).toBeNull();
     expect(serverUids([row(app, ours, '06', 0, 0)], ours, app)).toBeNull();
