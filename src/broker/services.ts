@@ -334,22 +334,36 @@ export class ServiceRegistry {
     }
   }
 
-  /** Who listens where clients of `s` connect: `ours` (uid), another user, or nobody. */
+  /**
+   * Who listens where clients of `s` connect: `ours` (uid), another user, or nobody. For a
+   * service on loopback that is every loopback address on its port, not only its own: its name
+   * (`NAME.OWNER.localhost`) resolves to ::1 as well as 127.0.0.1 — browsers try ::1 first — so
+   * another user's listener on the loopback twin would receive its clients, their keys and the
+   * TLS server name of their sessions (pen test 2). Any such listener counts as a squat.
+   */
   private async listenerOwner(
     s: ServiceRow,
     uid: number,
     table?: TcpSocketEntry[],
   ): Promise<'ours' | 'nobody' | { uid: number }> {
+    const onLoopback = isLoopback(s.host);
     const rows = (table ?? (await tcpSockets())).filter(
       (t) =>
         t.state === 'LISTEN' &&
         t.local.port === s.port &&
-        (t.local.address === s.host || t.local.address === '0.0.0.0' || t.local.address === '::'),
+        (t.local.address === s.host ||
+          t.local.address === '0.0.0.0' ||
+          t.local.address === '::' ||
+          (onLoopback && isLoopback(t.local.address))),
     );
     // The most specific bind takes the connection: the service's own address first.
-    const exact = rows.find((t) => t.local.address === s.host) ?? rows[0];
+    const exact =
+      rows.find((t) => t.local.address === s.host) ??
+      rows.find((t) => t.local.address === '0.0.0.0' || t.local.address === '::');
     if (!exact) return 'nobody';
-    return exact.uid === uid ? 'ours' : { uid: exact.uid };
+    if (exact.uid !== uid) return { uid: exact.uid };
+    const twin = rows.find((t) => t.uid !== uid);
+    return twin ? { uid: twin.uid } : 'ours';
   }
 
   private lastProbe = new Map<string, number>();

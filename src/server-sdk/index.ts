@@ -20,4 +20,5 @@ export {
 } from './http-gate.js';
 export { KeyWatch, KEY_RECHECK_MS, type KeyWatchOptions, type LiveKeys } from './key-watch.js';
 export { newLocalKey, csrFor, type LocalKey } from './csr.js';
+export { listenOnLoopback, loopbackTwin } from './loopback.js';
 export { MAX_KEY_LINE_BYTES, KEY_LINE_TIMEOUT_MS } from '../protocol/constants.js';

@@ -4,6 +4,8 @@
  * heartbeats, and exposes state changes as events. Connections arriving through the tunnel are
  * carried to `target` (a TCP port or a Unix socket), which is normally a gated server.
  */
+import type { Server } from 'node:net';
+import { listenOnLoopback } from './loopback.js';
 import { EventEmitter } from 'node:events';
 import { randomInt } from 'node:crypto';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -181,6 +183,23 @@ export class BrokerService extends EventEmitter {
       });
     }, wait);
     this.renewTimer.unref();
+  }
+
+  /**
+   * tunnel "none": listen on this service's port where its clients connect — its host and, on
+   * loopback, the twin loopback address (its name resolves to both; see listenOnLoopback) —
+   * then confirm it with the broker ({@link ready}).
+   * @throws BrokerError `port_unavailable` when another process holds the twin; the broker's
+   *   `service_not_ready` when the broker does not see this process's listener.
+   * @example
+   * ```ts
+   * const server = https.createServer(svc.tlsOptions(), handler);
+   * await svc.listen(server);
+   * ```
+   */
+  async listen(server: Server): Promise<Service> {
+    await listenOnLoopback(server, this.port, this.service.host);
+    return this.ready();
   }
 
   /** tunnel "none": confirm the server listens on its port. */

@@ -283,11 +283,25 @@ async function run(io: Io, name: string, command: string[], opts: RunOptions): P
               idleTimeoutMs: idleMs,
             })
           : (await import('../run/tcp-front.js')).tcpFront(svc, target, guard);
-        const listenHost = tunnel === 'none' ? svc.service.host : '127.0.0.1';
-        await new Promise<void>((resolve, reject) => {
-          front!.once('error', reject);
-          front!.listen(tunnel === 'none' ? svc.port : 0, listenHost, () => resolve());
-        });
+        if (tunnel === 'none') {
+          // Its port on both loopback addresses: its name resolves to both (browsers try ::1
+          // first), and a twin left free would be another user's to take (pen test 2).
+          const { listenOnLoopback } = await import('../../server-sdk/loopback.js');
+          try {
+            await listenOnLoopback(front, svc.port, svc.service.host);
+          } catch (err) {
+            const e = err as { code?: string; message?: string };
+            say(
+              `${e.code ?? 'port_unavailable'}: ${e.message}; stopping ${command[0]} and unregistering ${svc.ref}`,
+            );
+            await app.stop();
+            return 1;
+          }
+        } else
+          await new Promise<void>((resolve, reject) => {
+            front!.once('error', reject);
+            front!.listen(0, '127.0.0.1', () => resolve());
+          });
       }
 
       // Up once the app listens where it should.
