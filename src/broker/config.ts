@@ -93,7 +93,9 @@ export const DEFAULTS = Object.freeze({
     /** `POST /v1/login` with `Authorization: MUNGE <credential>`. */
     munge: Object.freeze({
       enabled: false,
-      /** The site's decoder, spawned with the credential on stdin (no shell). */
+      /** libmunge, called by a small python3 helper (null: spawn unmunge for every login). */
+      library: 'libmunge.so.2' as string | null,
+      /** The site's decoder, spawned with the credential on stdin (no shell), without libmunge. */
       unmunge: 'unmunge',
       /** munged's socket (null: the decoder's default, /run/munge/munge.socket.2). */
       socket: null as string | null,
@@ -185,6 +187,7 @@ export const ConfigSchema = z
         munge: z
           .object({
             enabled: z.boolean(),
+            library: z.string().min(1).max(4096).nullable(),
             unmunge: z.string().min(1).max(4096),
             socket: z.string().min(1).max(4096).nullable(),
             maxConcurrent: z.number().int().min(1).max(256),

@@ -243,13 +243,15 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
     // Identity the cluster already has (issue 12): MUNGE credentials, and the owner of a loopback
     // connection; both through the host's NSS and the site policy.
     const idc = config.identity;
+    const mungeDecoder = idc.munge.enabled ? new MungeDecoder(idc.munge) : null;
+    if (mungeDecoder) closers.unshift(() => mungeDecoder.close());
     const login = new LoginService({
       store,
       clock,
       audit,
       config,
       changes,
-      munge: idc.munge.enabled ? new MungeDecoder(idc.munge) : null,
+      munge: mungeDecoder,
       nss: new NssDirectory(idc.nssCacheSeconds),
       peers,
       failures: new FailureLimiter(
@@ -462,6 +464,7 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
           store.close();
           lock.close();
           peers.close();
+          mungeDecoder?.close();
           log.info('broker stopped');
           own?.close();
         })();

@@ -460,6 +460,32 @@ describe.skipIf(skip)('MUNGE login when munged misbehaves (private munged instan
     }
   }, 60_000);
 
+  it('ok/without libmunge (identity.munge.library null) unmunge is spawned: same answers, same refusals', async () => {
+    const bob = unixUser('bt-bob');
+    const d = await Daemon.start({
+      config: { identity: { munge: { enabled: true, library: null } } },
+    });
+    try {
+      const cred = mungeCredential([], bob.name);
+      const post = (c: string) =>
+        d.api<any>('POST', '/v1/login', { token: null, headers: { authorization: `MUNGE ${c}` } });
+      const ok = await post(cred);
+      expect(ok.status, ok.text).toBe(200);
+      expect(ok.body.principal).toMatchObject({ name: bob.name, uid: bob.uid });
+      expect((await post(cred)).body.error.details.reason).toBe('munge_replayed');
+      const other = new PrivateMunged({ foreignKey: true }).start();
+      try {
+        expect((await post(other.credential([], bob.name))).body.error.details.reason).toBe(
+          'munge_invalid',
+        );
+      } finally {
+        other.cleanup();
+      }
+    } finally {
+      await d.stop();
+    }
+  }, 60_000);
+
   it('fail/a source that keeps sending bad credentials is rate limited (429 with Retry-After)', async () => {
     const d = await Daemon.start({ config: { identity: { munge: { enabled: true } } } });
     try {

@@ -53,6 +53,12 @@ def other_user():
         return 65534, 65534  # nobody
 
 
+def core(found):
+    """url, token and ca_pem of a discovery (the fields of DESIGN §3; urls and login are
+    checked by SiteConfigTest)."""
+    return {k: found[k] for k in ("url", "token", "ca_pem")}
+
+
 class DiscoveryTest(unittest.TestCase):
     """discover_credentials(): explicit -> env -> user config -> daemon state, per field."""
 
@@ -74,7 +80,7 @@ class DiscoveryTest(unittest.TestCase):
 
     def discover(self, extra_env=None, **kw):
         with mock.patch.dict(os.environ, {**self.env, **(extra_env or {})}, clear=True):
-            return discover_credentials(**kw)
+            return core(discover_credentials(**kw))
 
     def ca_file(self, name, text):
         p = self.path(name)
@@ -86,8 +92,8 @@ class DiscoveryTest(unittest.TestCase):
         self.assertEqual(self.discover(), {"url": None, "token": None, "ca_pem": None})
 
     def test_explicit_beats_everything(self):
-        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "PEM cfg"})
-        env = {"BROKER_URL": "https://env", "BROKER_TOKEN": "env", "BROKER_CA": self.ca_file("env.pem", "PEM env"),
+        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "-----BEGIN CERTIFICATE-----\nPEM cfg"})
+        env = {"BROKER_URL": "https://env", "BROKER_TOKEN": "env", "BROKER_CA": self.ca_file("env.pem", "-----BEGIN CERTIFICATE-----\nPEM env"),
                "XDG_CONFIG_HOME": self.path("cfg")}
         got = self.discover(env, url="https://arg", token="arg", ca="-----BEGIN CERTIFICATE-----\narg")
         self.assertEqual(got, {"url": "https://arg", "token": "arg", "ca_pem": "-----BEGIN CERTIFICATE-----\narg"})
@@ -97,39 +103,39 @@ class DiscoveryTest(unittest.TestCase):
         self.assertEqual(self.discover(ca=p)["ca_pem"], "-----BEGIN CERTIFICATE-----\nfile")
 
     def test_env_beats_files_and_broker_ca_is_a_path(self):
-        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "PEM cfg"})
-        env = {"BROKER_URL": "https://env", "BROKER_TOKEN": "env", "BROKER_CA": self.ca_file("env.pem", "PEM from file"),
+        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "-----BEGIN CERTIFICATE-----\nPEM cfg"})
+        env = {"BROKER_URL": "https://env", "BROKER_TOKEN": "env", "BROKER_CA": self.ca_file("env.pem", "-----BEGIN CERTIFICATE-----\nPEM from file"),
                "XDG_CONFIG_HOME": self.path("cfg")}
-        self.assertEqual(self.discover(env), {"url": "https://env", "token": "env", "ca_pem": "PEM from file"})
+        self.assertEqual(self.discover(env), {"url": "https://env", "token": "env", "ca_pem": "-----BEGIN CERTIFICATE-----\nPEM from file"})
 
     def test_empty_env_values_are_ignored(self):
-        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "PEM cfg"})
+        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "-----BEGIN CERTIFICATE-----\nPEM cfg"})
         env = {"BROKER_URL": "", "BROKER_TOKEN": "", "BROKER_CA": "", "XDG_CONFIG_HOME": self.path("cfg")}
-        self.assertEqual(self.discover(env), {"url": "https://cfg", "token": "cfg", "ca_pem": "PEM cfg"})
+        self.assertEqual(self.discover(env), {"url": "https://cfg", "token": "cfg", "ca_pem": "-----BEGIN CERTIFICATE-----\nPEM cfg"})
 
     def test_user_config_beats_daemon_state(self):
-        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "PEM cfg"})
-        write_json(self.path("data", "credentials.json"), {"url": "https://st", "token": "st", "ca": "PEM st"})
+        write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg", "token": "cfg", "ca": "-----BEGIN CERTIFICATE-----\nPEM cfg"})
+        write_json(self.path("data", "credentials.json"), {"url": "https://st", "token": "st", "ca": "-----BEGIN CERTIFICATE-----\nPEM st"})
         env = {"XDG_CONFIG_HOME": self.path("cfg"), "BROKER_DATA": self.path("data")}
-        self.assertEqual(self.discover(env), {"url": "https://cfg", "token": "cfg", "ca_pem": "PEM cfg"})
+        self.assertEqual(self.discover(env), {"url": "https://cfg", "token": "cfg", "ca_pem": "-----BEGIN CERTIFICATE-----\nPEM cfg"})
 
     def test_each_field_resolved_on_its_own(self):
         write_json(self.path("cfg", "broker", "credentials.json"), {"url": "https://cfg"})
-        write_json(self.path("data", "credentials.json"), {"url": "https://st", "token": "st-admin", "ca": "PEM st"})
+        write_json(self.path("data", "credentials.json"), {"url": "https://st", "token": "st-admin", "ca": "-----BEGIN CERTIFICATE-----\nPEM st"})
         env = {"BROKER_TOKEN": "bks_service", "XDG_CONFIG_HOME": self.path("cfg"), "BROKER_DATA": self.path("data")}
-        self.assertEqual(self.discover(env), {"url": "https://cfg", "token": "bks_service", "ca_pem": "PEM st"})
+        self.assertEqual(self.discover(env), {"url": "https://cfg", "token": "bks_service", "ca_pem": "-----BEGIN CERTIFICATE-----\nPEM st"})
 
     def test_default_paths_under_home(self):
         write_json(os.path.join(self.home, ".config", "broker", "credentials.json"), {"token": "cfg"})
         write_json(os.path.join(self.home, ".local", "state", "broker", "credentials.json"),
-                   {"url": "https://st", "token": "st", "ca": "PEM st"})
-        self.assertEqual(self.discover(), {"url": "https://st", "token": "cfg", "ca_pem": "PEM st"})
+                   {"url": "https://st", "token": "st", "ca": "-----BEGIN CERTIFICATE-----\nPEM st"})
+        self.assertEqual(self.discover(), {"url": "https://st", "token": "cfg", "ca_pem": "-----BEGIN CERTIFICATE-----\nPEM st"})
 
     def test_xdg_state_home(self):
-        write_json(self.path("xstate", "broker", "credentials.json"), {"url": "https://xs", "token": "xs", "ca": "PEM xs"})
+        write_json(self.path("xstate", "broker", "credentials.json"), {"url": "https://xs", "token": "xs", "ca": "-----BEGIN CERTIFICATE-----\nPEM xs"})
         write_json(os.path.join(self.home, ".local", "state", "broker", "credentials.json"), {"url": "https://home"})
         got = self.discover({"XDG_STATE_HOME": self.path("xstate")})
-        self.assertEqual(got, {"url": "https://xs", "token": "xs", "ca_pem": "PEM xs"})
+        self.assertEqual(got, {"url": "https://xs", "token": "xs", "ca_pem": "-----BEGIN CERTIFICATE-----\nPEM xs"})
 
     def test_broker_data_beats_xdg_state_home(self):
         write_json(self.path("data", "credentials.json"), {"url": "https://data"})
@@ -158,6 +164,59 @@ class DiscoveryTest(unittest.TestCase):
         self.assertEqual(len(ctx.get_ca_certs()), 1)  # the pinned CA only, no system roots
 
 
+class SiteConfigTest(unittest.TestCase):
+    """Issue 12: the site client config (after the user's and the daemon's files; urls; a CA
+    path relative to it; never a token), and tokens a login cached (only for their broker, only
+    until they expire). Mirrors test/unit/credentials.test.ts."""
+
+    PEM = "-----BEGIN CERTIFICATE-----\nsite\n-----END CERTIFICATE-----\n"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="broker-pytest-site-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.site = os.path.join(self.tmp, "site", "client.json")
+        self.user = os.path.join(self.tmp, "cfg", "broker", "credentials.json")
+        self.env = {"HOME": self.tmp, "PATH": os.environ.get("PATH", ""),
+                    "XDG_CONFIG_HOME": os.path.join(self.tmp, "cfg"),
+                    "XDG_STATE_HOME": os.path.join(self.tmp, "st"), "BROKER_CLIENT_CONFIG": self.site}
+
+    def discover(self, **env):
+        with mock.patch.dict(os.environ, {**self.env, **env}, clear=True):
+            return discover_credentials()
+
+    def write_site(self, doc, mode=0o644):
+        os.makedirs(os.path.dirname(self.site), exist_ok=True)
+        os.chmod(os.path.dirname(self.site), 0o755)
+        write_json(self.site, doc, mode)
+
+    def test_site_urls_and_a_ca_path_relative_to_it_and_no_token(self):
+        self.write_site({"urls": ["https://a:1", "https://b:2"], "ca": "ca.pem", "token": "bku_site"})
+        with open(os.path.join(self.tmp, "site", "ca.pem"), "w", encoding="ascii") as f:
+            f.write(self.PEM)
+        got = self.discover()
+        self.assertEqual((got["url"], got["urls"], got["ca_pem"], got["token"]),
+                         ("https://a:1", ["https://a:1", "https://b:2"], self.PEM, None))
+        write_json(self.user, {"token": "bku_user"})
+        self.assertEqual(self.discover()["token"], "bku_user")
+
+    def test_a_site_config_others_can_write_is_refused(self):
+        self.write_site({"urls": ["https://a:1"], "ca": self.PEM}, 0o666)
+        with self.assertRaises(BrokerError) as cm:
+            self.discover()
+        self.assertEqual(cm.exception.code, "insecure_path")
+        self.assertIn(self.site, cm.exception.message)
+
+    def test_a_cached_login_token_only_for_its_broker_and_until_it_expires(self):
+        self.write_site({"urls": ["https://a:1", "https://b:2"], "ca": self.PEM})
+        later = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 3600))
+        earlier = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 10))
+        write_json(self.user, {"token": "bku_b", "login": {"url": "https://b:2", "expiresAt": later}})
+        self.assertEqual(self.discover()["token"], "bku_b")
+        self.assertIsNone(self.discover(BROKER_URL="https://c:3")["token"])
+        write_json(self.user, {"token": "bku_b", "login": {"url": "https://a:1", "expiresAt": earlier}})
+        self.assertIsNone(self.discover()["token"])
+
+
 class CredentialFileModeTest(unittest.TestCase):
     """FS-5: a credentials file holds a token; like ssh with a private key, the client refuses
     one that group/other may read or write, or that another user owns, and says the fix."""
@@ -171,7 +230,7 @@ class CredentialFileModeTest(unittest.TestCase):
 
     def discover(self):
         with mock.patch.dict(os.environ, self.env, clear=True):
-            return discover_credentials()
+            return core(discover_credentials())
 
     def refused(self, fn):
         with mock.patch.dict(os.environ, self.env, clear=True):
@@ -185,7 +244,7 @@ class CredentialFileModeTest(unittest.TestCase):
     def test_group_or_other_access_is_refused_with_the_chmod(self):
         for mode in (0o644, 0o640, 0o604, 0o620, 0o666):
             with self.subTest(mode=oct(mode)):
-                write_json(self.path, {"url": "https://cfg", "token": "bku_secret", "ca": "PEM"}, mode)
+                write_json(self.path, {"url": "https://cfg", "token": "bku_secret", "ca": "-----BEGIN CERTIFICATE-----\nPEM"}, mode)
                 err = self.refused(discover_credentials)
                 self.assertIn(f"chmod 600 {self.path}", err.message)
                 self.refused(lambda: BrokerClient(ca="-----BEGIN CERTIFICATE-----\nx"))
@@ -193,15 +252,15 @@ class CredentialFileModeTest(unittest.TestCase):
     def test_private_files_are_used(self):
         for mode in (0o600, 0o400):
             with self.subTest(mode=oct(mode)):
-                write_json(self.path, {"url": "https://cfg", "token": "bku_secret", "ca": "PEM"}, mode)
-                self.assertEqual(self.discover(), {"url": "https://cfg", "token": "bku_secret", "ca_pem": "PEM"})
+                write_json(self.path, {"url": "https://cfg", "token": "bku_secret", "ca": "-----BEGIN CERTIFICATE-----\nPEM"}, mode)
+                self.assertEqual(self.discover(), {"url": "https://cfg", "token": "bku_secret", "ca_pem": "-----BEGIN CERTIFICATE-----\nPEM"})
 
     def test_a_file_of_another_user_is_refused(self):
         other = other_user()
         if other is None:
             print("\nSKIPPED chown case: needs root", flush=True)
             self.skipTest("chown to another user needs root")
-        write_json(self.path, {"url": "https://mallory", "token": "bku_secret", "ca": "PEM"})
+        write_json(self.path, {"url": "https://mallory", "token": "bku_secret", "ca": "-----BEGIN CERTIFICATE-----\nPEM"})
         os.chown(self.path, *other)
         err = self.refused(discover_credentials)
         self.assertIn(f"owned by uid {other[0]}", err.message)

@@ -39,6 +39,12 @@ export interface LoginDeps {
 
 type Method = LoginResponse['method'];
 
+/** A MUNGE credential by SHA-256, kept until its TTL ends (a replay is refused). */
+interface SeenCredential {
+  hash: Buffer;
+  expiresAt: number;
+}
+
 const replayed = () =>
   new BrokerError('unauthenticated', 'the MUNGE credential was used before; make a fresh one', {
     details: { reason: 'munge_replayed' },
@@ -66,9 +72,9 @@ export class LoginService {
       if (this.d.store.credentialSeen(hash, this.d.clock.now())) throw replayed();
       const cred = await decoder.decode(credential);
       const now = this.d.clock.now();
-      const until = Math.max(now, (cred.encodeTime + cred.ttl) * 1000) + 60_000;
-      if (!this.d.store.rememberCredential(hash, until, now)) throw replayed();
-      return cred.uid;
+      // Remembered in the same transaction as the token it buys (one commit per login).
+      const expiresAt = Math.max(now, (cred.encodeTime + cred.ttl) * 1000) + 60_000;
+      return { uid: cred.uid, credential: { hash, expiresAt } };
     });
   }
 
@@ -90,7 +96,7 @@ export class LoginService {
           'the broker cannot tell who you are on this connection (only on the broker host, over loopback); log in with MUNGE (munge -n) or a token',
           { details: { reason: 'peer_unknown' } },
         );
-      return uid;
+      return { uid };
     });
   }
 
@@ -98,7 +104,7 @@ export class LoginService {
   private async guarded(
     source: string,
     method: Method,
-    identify: () => Promise<number>,
+    identify: () => Promise<{ uid: number; credential?: SeenCredential }>,
   ): Promise<LoginResponse> {
     const blocked = this.d.failures.blocked(`login:${source}`);
     if (blocked > 0) {
@@ -108,8 +114,9 @@ export class LoginService {
     }
     let uid: number | null = null;
     try {
-      uid = await identify();
-      return await this.issue(uid, method, source);
+      const who = await identify();
+      uid = who.uid;
+      return await this.issue(uid, method, source, who.credential);
     } catch (err) {
       if (err instanceof BrokerError && err.code !== 'identity_unavailable') {
         this.d.failures.fail(`login:${source}`);
@@ -135,7 +142,12 @@ export class LoginService {
     }
   }
 
-  private async issue(uid: number, method: Method, source: string): Promise<LoginResponse> {
+  private async issue(
+    uid: number,
+    method: Method,
+    source: string,
+    credential?: SeenCredential,
+  ): Promise<LoginResponse> {
     const user = await this.d.nss.byUid(uid);
     if (!user)
       throw new BrokerError('forbidden', `there is no user with UID ${uid} on the broker host`);
@@ -148,7 +160,8 @@ export class LoginService {
       `login (${method})`,
       this.d.config.identity.tokenTtlSeconds,
     );
-    const r = this.d.store.recordLogin({ ...user, role: verdict.role }, row, now);
+    const r = this.d.store.recordLogin({ ...user, role: verdict.role }, row, now, credential);
+    if (!r) throw replayed();
     // A demotion (left an admin group) reaches its open connections and keys now (SES-2).
     if (r.roleChanged)
       this.d.changes.publish({

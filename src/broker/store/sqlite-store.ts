@@ -311,9 +311,15 @@ export class SqliteStore implements Store {
     user: UnixIdentity,
     token: TokenRow,
     now: number,
-  ): { principal: PrincipalRow; created: boolean; roleChanged: boolean } {
+    credential?: { hash: Buffer; expiresAt: number },
+  ): { principal: PrincipalRow; created: boolean; roleChanged: boolean } | null {
     return this.db
       .transaction(() => {
+        if (credential) {
+          this.stmts.dropSeen.run(now);
+          if (this.stmts.seenCredential.run(credential.hash, credential.expiresAt).changes === 0)
+            return null;
+        }
         const existing = this.getPrincipal(user.name);
         const other = this.stmts.principalByUid.get(user.uid) as Row | undefined;
         if (other && other.name !== user.name)
@@ -360,15 +366,6 @@ export class SqliteStore implements Store {
         }
         this.insertTokenRow(token);
         return { principal: this.getPrincipal(user.name)!, created, roleChanged };
-      })
-      .immediate();
-  }
-
-  rememberCredential(hash: Buffer, expiresAt: number, now: number): boolean {
-    return this.db
-      .transaction(() => {
-        this.stmts.dropSeen.run(now);
-        return this.stmts.seenCredential.run(hash, expiresAt).changes > 0;
       })
       .immediate();
   }

@@ -167,19 +167,17 @@ export interface Store {
   createPrincipal(row: PrincipalRow, token?: TokenRow): void;
   /**
    * A Unix user logged in: create its principal (managed) if there is none, else refresh its UID
-   * and groups (and, when managed, its role) — and insert `token` — in one transaction. Throws
-   * `forbidden` when the principal is disabled or bound to another UID.
+   * and groups (and, when managed, its role) — and insert `token`, and remember the MUNGE
+   * `credential` it came with — in one transaction. Null (nothing written) when that credential
+   * was remembered before: a replay. Throws `forbidden` when the principal is disabled, bound to
+   * another UID, or made by hand and not bound.
    */
   recordLogin(
     user: UnixIdentity,
     token: TokenRow,
     now: number,
-  ): { principal: PrincipalRow; created: boolean; roleChanged: boolean };
-  /**
-   * Remember a MUNGE credential by hash until `expiresAt`; false when it was seen before (a
-   * replay). Expired entries are dropped on the way.
-   */
-  rememberCredential(hash: Buffer, expiresAt: number, now: number): boolean;
+    credential?: { hash: Buffer; expiresAt: number },
+  ): { principal: PrincipalRow; created: boolean; roleChanged: boolean } | null;
   /** Whether a MUNGE credential (by hash) was accepted before and has not expired. */
   credentialSeen(hash: Buffer, now: number): boolean;
   getPrincipal(name: string): PrincipalRow | null;
