@@ -9,6 +9,11 @@
  * own `broker connect` / `broker tunnel` / `broker open` (direct forwards come out of the same
  * share) are refused with "channel limit", and so is every client of every other service of
  * alice's on the broker host.
+ *
+ * The test states what LOC-5 promises (one user cannot lock another out); it failed while the
+ * attack worked. Connections from users other than the owner now take slots in a pool of their
+ * own, capped per connecting UID (`sshMaxPublishedPerSource`) and per service
+ * (`sshMaxPublishedPerService`); published-port-shares.test.ts shows the caps themselves.
  */
 import type { ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -117,11 +122,13 @@ describe.skipIf(skip)(
       procs.push(flood);
       let floodOut = '';
       flood.stdout!.on('data', (c: Buffer) => (floodOut += c.toString()));
+      // The flood is on: she holds at least a hundred connections (as many as the broker lets her)
+      // and keeps reopening the rest.
       await until(
-        () => /"open":(5\d\d)/.test(floodOut.trim().split('\n').at(-1) ?? ''),
+        () => Number(/"open":(\d+)/.exec(floodOut.trim().split('\n').at(-1) ?? '')?.[1]) >= 100,
         20_000,
         `mallory's connections: ${floodOut.trim().split('\n').at(-1)}`,
-      ).catch(() => undefined);
+      );
       await new Promise((r) => setTimeout(r, 1000));
 
       const during = await connect();
@@ -135,6 +142,16 @@ describe.skipIf(skip)(
         /refused|channel/i,
       );
       expect(during.stdout).toContain('hello');
+      // What stopped her: her own cap on connections to other users' published ports, audited.
+      const a = await d.api('GET', '/v1/audit?limit=1000');
+      const refusedHer = (a.body.events as { action: string; count: number; details: unknown }[])
+        .filter(
+          (e) =>
+            e.action === 'ssh.published' &&
+            (e.details as { source?: string } | null)?.source === `uid:${mallory.uid}`,
+        )
+        .reduce((n, e) => n + e.count, 0);
+      expect(refusedHer, "mallory's refused connections in the audit").toBeGreaterThan(0);
     }, 120_000);
   },
 );
