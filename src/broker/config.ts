@@ -77,6 +77,14 @@ export const DEFAULTS = Object.freeze({
   sshMaxChannelsPerPrincipal: 512,
   sshMaxChannels: 4096,
   /**
+   * Connections to published ports (`127.0.0.1:PORT` of tunnelled services) from local users
+   * other than the service's owner, who may not have presented a key yet (LOC-5): at once, per
+   * local UID (all services together), and per service (a newcomer takes the oldest connection
+   * of whoever holds the most). The owner's own UID uses her channel share instead.
+   */
+  sshMaxPublishedPerSource: 128,
+  sshMaxPublishedPerService: 512,
+  /**
    * Local Unix users (UIDs) whose scraper may read /metrics over loopback without a token, besides
    * the broker's own user and root (e.g. the `prometheus` user). Everyone else needs an admin token.
    */
@@ -179,6 +187,8 @@ export const ConfigSchema = z
     sshMaxConnectionsPerPrincipal: z.number().int().positive(),
     sshMaxChannelsPerPrincipal: z.number().int().positive(),
     sshMaxChannels: z.number().int().positive(),
+    sshMaxPublishedPerSource: z.number().int().positive(),
+    sshMaxPublishedPerService: z.number().int().positive(),
     metricsUids: z.array(z.number().int().min(0)).max(64),
     logFailuresPerSecond: z.number().int().min(1),
     logLevel: z.enum(['debug', 'info', 'warn', 'error']),

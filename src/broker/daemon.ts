@@ -288,6 +288,8 @@ export async function createBroker(opts: BrokerOptions): Promise<Broker> {
         maxChannels: config.sshMaxChannels,
         maxConnectionsPerPrincipal: config.sshMaxConnectionsPerPrincipal,
         maxChannelsPerPrincipal: config.sshMaxChannelsPerPrincipal,
+        maxPublishedPerSource: config.sshMaxPublishedPerSource,
+        maxPublishedPerService: config.sshMaxPublishedPerService,
       },
       changes,
       peers,

@@ -8,6 +8,14 @@
  * So no single source can lock the others out.
  */
 
+/**
+ * Sources with no cap of their own, only the overall one, as the shares name them (`uid:N`): root
+ * and the user the broker runs as (tools and tests on the broker host).
+ */
+export function uncappedSources(): ReadonlySet<string> {
+  return new Set([0, process.getuid?.() ?? 0].map((uid) => `uid:${uid}`));
+}
+
 export interface ShareLimits {
   /** Connections at once, all sources together. */
   max: number;

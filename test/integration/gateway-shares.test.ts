@@ -3,8 +3,10 @@
  * cap (`sshMaxChannels`, 4096) was one pool for everybody. bt-mallory, a second real Unix user
  * with an ordinary broker account, registers a service of her own, holds its reverse tunnel and
  * opens 64 × 64 forwards to it, which she never closes. Each principal now has a share of
- * channels (`sshMaxChannelsPerPrincipal`, 512) and of connections (128), and a published port's
- * connections come out of its service owner's share: she fills only hers.
+ * channels (`sshMaxChannelsPerPrincipal`, 512) and of connections (128): she fills only hers. A
+ * published port's connections come out of its owner's share when the owner's own Unix user
+ * makes them, and out of a pool capped per connecting user and per service otherwise
+ * (published-port-shares.test.ts).
  */
 import type { ChildProcess } from 'node:child_process';
 import { connect as netConnect } from 'node:net';

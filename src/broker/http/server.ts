@@ -14,7 +14,7 @@ import { BrokerError } from '../../protocol/errors.js';
 import type { Config } from '../config.js';
 import { VERIFY_PATH } from './verify-fast-path.js';
 import { newRequestId } from './respond.js';
-import { FairShares } from '../fair-shares.js';
+import { FairShares, uncappedSources } from '../fair-shares.js';
 import { canonicalIp, isLoopback } from '../net-util.js';
 import type { PeerAttribution } from '../../host/socket-owner.js';
 
@@ -94,7 +94,7 @@ export function createHttpsServer(
   });
   // Root and the broker's own user may hold any number (tools and tests on the broker host);
   // they still count against the overall cap.
-  const unlimited = new Set([0, process.getuid?.() ?? 0].map((uid) => `uid:${uid}`));
+  const unlimited = uncappedSources();
   const shares = new FairShares({
     max: config.maxConnections,
     perSource: config.maxConnectionsPerSource,

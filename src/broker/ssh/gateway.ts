@@ -25,8 +25,9 @@ import { canonicalIp, isLoopback } from '../net-util.js';
 import { canSee } from '../services.js';
 import type { ServiceRow, Store } from '../store/store.js';
 import { sshFingerprint, type HostKey } from './host-key.js';
-import { FairShares } from '../fair-shares.js';
+import { FairShares, uncappedSources } from '../fair-shares.js';
 import { PublishedPorts, type HoldResult } from './published-ports.js';
+import { PublishedShares } from './published-shares.js';
 import { verifySignature } from './public-keys.js';
 import { splice } from '../../protocol/splice.js';
 import type { PeerAttribution } from '../../host/socket-owner.js';
@@ -70,10 +71,21 @@ export interface GatewayLimits {
   /**
    * One principal's share (LOC-5): authenticated connections and channels at once, counted for
    * the principal a connection authenticated as (a service token counts for its owner) and, for
-   * connections to a published port, for the service's owner. No one can fill the whole gateway.
+   * connections to a published port from the owner's own Unix user, for the service's owner. No
+   * one can fill the whole gateway.
    */
   maxConnectionsPerPrincipal: number;
   maxChannelsPerPrincipal: number;
+  /**
+   * Connections one local user (or unattributed loopback address) may hold at once to the
+   * published ports of services it does not own, all services together (LOC-5).
+   */
+  maxPublishedPerSource: number;
+  /**
+   * Connections to one service's published port from users other than its owner, at once; a
+   * newcomer from a user holding fewer takes the oldest of whoever holds the most (LOC-5).
+   */
+  maxPublishedPerService: number;
 }
 
 export interface GatewayDeps {
@@ -95,8 +107,10 @@ export interface GatewayDeps {
 /** A reverse tunnel attached to a service's held port. */
 interface Tunnel {
   serviceId: string;
-  /** Whose share its published-port connections use. */
+  /** Whose share the published-port connections of its owner's own Unix user use. */
   owner: string;
+  /** `owner/name`, for the audit. */
+  target: string;
   conn: Connection;
   bindAddr: string;
   port: number;
@@ -152,6 +166,9 @@ export class Gateway {
   private readonly sockets = new Set<Socket>();
   private readonly pending = new Map<string, (conn: Connection) => void>();
   private readonly preauth: FairShares;
+  /** Published-port connections from users other than the service's owner (LOC-5). */
+  private readonly published: PublishedShares;
+  private readonly uncapped = uncappedSources();
   private channelCount = 0;
   /** Connections and channels held now, by principal (LOC-5 shares). */
   private readonly shares = new Map<string, { conns: number; channels: number }>();
@@ -176,6 +193,10 @@ export class Gateway {
     this.preauth = new FairShares({
       max: d.limits.maxUnauthenticated,
       perSource: d.limits.maxUnauthenticatedPerSource,
+    });
+    this.published = new PublishedShares({
+      perSource: d.limits.maxPublishedPerSource,
+      perService: d.limits.maxPublishedPerService,
     });
     this.ports = new PublishedPorts((serviceId, sock) => this.publishedConnection(serviceId, sock));
     d.changes.subscribe((c) => this.follow(c));
@@ -716,6 +737,7 @@ export class Gateway {
     this.tunnels.set(svc.id, {
       serviceId: svc.id,
       owner: svc.owner,
+      target,
       conn: state.conn,
       bindAddr: info.bindAddr,
       port: svc.port,
@@ -731,15 +753,74 @@ export class Gateway {
    * A local client connected to a held port on the broker host: carry it to the server through
    * its reverse tunnel. With no tunnel attached (the server is reconnecting, or never attached)
    * the connection is reset at once: the port stays the broker's, and nobody else answers.
+   *
+   * Whose slot it takes depends on who connected (LOC-5), asked of the kernel before a byte is
+   * carried: the owner's own Unix user (her principal's `uid`) uses her channel share, as her
+   * forwards do; anyone else uses the published-port pool ({@link PublishedShares}), capped per
+   * local user and per service. A user who holds connections that never present a key fills
+   * neither the owner's share nor the pools of other services.
    */
   private publishedConnection(serviceId: string, sock: Socket): void {
     sock.setNoDelay(true);
     sock.on('error', () => sock.destroy());
+    if (!this.tunnels.has(serviceId)) {
+      sock.resetAndDestroy();
+      return;
+    }
+    const address = canonicalIp(sock.remoteAddress ?? '') ?? 'unknown';
+    this.d.peers.peerUid(sock).then(
+      (uid) => this.publishedAttributed(serviceId, sock, address, uid),
+      () => this.publishedAttributed(serviceId, sock, address, null),
+    );
+  }
+
+  /** {@link publishedConnection} once the kernel said whose it is (`uid` null: unknown). */
+  private publishedAttributed(
+    serviceId: string,
+    sock: Socket,
+    address: string,
+    uid: number | null,
+  ): void {
+    if (sock.destroyed) return;
     const tunnel = this.tunnels.get(serviceId);
-    // Its channel comes out of the service owner's share: clients of one user's services cannot
-    // take every channel of the gateway (LOC-5).
-    const release = tunnel ? this.reserveChannel(tunnel.owner, null) : null;
-    if (!tunnel || !release) {
+    if (!tunnel) {
+      sock.resetAndDestroy();
+      return;
+    }
+    const sourceKey = uid === null ? `ip:${address}` : `uid:${uid}`;
+    const refused = (reason: string, tag: string) =>
+      // One row per service, source and reason in each audit window, however many connections.
+      this.event(
+        null,
+        'ssh.published',
+        tunnel.target,
+        'refused',
+        address,
+        { reason, source: sourceKey },
+        `${tag}\0${serviceId}\0${sourceKey}`,
+      );
+    const ownerUid = uid === null ? null : (this.d.store.getPrincipal(tunnel.owner)?.uid ?? null);
+    let release: (() => void) | null;
+    if (uid !== null && uid === ownerUid) {
+      release = this.reserveChannel(tunnel.owner, null);
+      if (!release) refused('channel limit', 'published-share');
+    } else {
+      release = this.reservePublished(serviceId, sourceKey, () => {
+        refused('slot given to another source', 'published-evict');
+        sock.destroy();
+      });
+      if (!release)
+        refused(
+          this.channelCount >= this.d.limits.maxChannels
+            ? 'channel limit'
+            : this.published.held(sourceKey) >= this.d.limits.maxPublishedPerSource &&
+                !this.uncapped.has(sourceKey)
+              ? 'too many connections from this source'
+              : 'too many connections to this service',
+          'published-full',
+        );
+    }
+    if (!release) {
       sock.resetAndDestroy();
       return;
     }
@@ -755,6 +836,11 @@ export class Gateway {
           return;
         }
         ch.on('error', () => ch.destroy());
+        if (sock.destroyed) {
+          // Evicted, or the client left, while the channel was being opened.
+          ch.destroy();
+          return;
+        }
         tunnel.channels.add(ch);
         tunnel.channels.add(sock);
         ch.once('close', () => tunnel.channels.delete(ch));
@@ -762,6 +848,42 @@ export class Gateway {
         this.pipe(sock, ch);
       },
     );
+  }
+
+  /**
+   * Reserve a published-port connection of someone other than the service's owner: a slot in
+   * the published-port pool ({@link PublishedShares}) and a channel of the gateway's overall cap.
+   * `evict` drops the connection if its slot is given to a newcomer. Returns the release, or null
+   * when a cap is reached.
+   */
+  private reservePublished(
+    serviceId: string,
+    source: string,
+    evict: () => void,
+  ): (() => void) | null {
+    if (this.channelCount >= this.d.limits.maxChannels) return null;
+    let counted = false;
+    const uncount = () => {
+      if (!counted) return;
+      counted = false;
+      this.channelCount--;
+    };
+    const slot = this.published.admit(
+      serviceId,
+      source,
+      () => {
+        uncount();
+        evict();
+      },
+      this.uncapped.has(source),
+    );
+    if (!slot) return null;
+    counted = true;
+    this.channelCount++;
+    return () => {
+      slot();
+      uncount();
+    };
   }
 
   /** Detach a reverse tunnel; the port stays held while the service lives. */
